@@ -1,0 +1,144 @@
+"""
+AE: the plain autoencoder, and the building blocks the DAE, VAE and MCAE reuse.
+
+Two architectures:
+- mlp:  flatten -> Linear/ReLU stack -> latent vector -> mirrored stack -> sigmoid (seeds 001, 003:
+        784-256-64, 784-512-256-z, 784-656-512-256-128-z)
+- conv: stride-2 Conv2d stack -> latent feature map (C x h x w) -> mirrored ConvTranspose2d stack ->
+        sigmoid (seeds 000, 002). With 4x4 kernels, stride 2, padding 1, three layers take 28x28 to 3x3
+        and 32x32 to 4x4, so 000's 8x3x3 (MNIST) and 48x4x4 (CIFAR-10) latents are
+        `--channels 16,32,64 --latent-channels 8` and `--latent-channels 48`.
+
+The AE's forward is written once, around one hook: `corrupt(x)` says what the encoder sees. The AE
+shows it the clean image; the DAE (dae.py) adds noise; the MCAE (mcae.py) hides pixels.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class AEConfig:
+    in_channels: int = 1            # image channels: 1 for (Fashion-)MNIST, 3 for CIFAR-10
+    image_size: int = 28            # image height = width: 28 or 32
+    arch: str = "conv"              # 'mlp' (fully connected) or 'conv' (convolutional)
+    hidden: tuple = (512, 256)      # mlp: hidden layer widths from the input towards the latent
+    latent_dim: int = 100           # mlp: size of the latent vector
+    channels: tuple = (32, 64, 128) # conv: output channels of each stride-2 conv (each halves H, W)
+    latent_channels: int = 32       # conv: channels of the latent feature map (C of C x h x w)
+    l1: float = 0.0                 # weight of the L1 penalty on the latent code (sparsity, seed 003)
+
+
+# -----------------------------------------------------------------------------
+# building blocks
+
+
+def mlp(sizes, last_activation=None):
+    """Linear layers of the given widths, ReLU between them, `last_activation` after the last."""
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    if last_activation is not None:
+        layers.append(last_activation)
+    return nn.Sequential(*layers)
+
+
+def conv_sizes(image_size, n_layers):
+    """Spatial size after each 4x4/stride-2/padding-1 conv: n -> floor(n / 2), e.g. 28 -> 14 -> 7 -> 3."""
+    sizes = [image_size]
+    for _ in range(n_layers):
+        sizes.append((sizes[-1] + 2 - 4) // 2 + 1)
+    return sizes
+
+
+class ConvEncoder(nn.Module):
+    """(B, C, H, W) -> (B, latent_channels, h, w): stride-2 convs, then a 3x3 conv to the latent."""
+
+    def __init__(self, in_channels, channels, latent_channels):
+        super().__init__()
+        layers, prev = [], in_channels
+        for c in channels:
+            layers += [nn.Conv2d(prev, c, 4, stride=2, padding=1), nn.ReLU()]
+            prev = c
+        layers.append(nn.Conv2d(prev, latent_channels, 3, padding=1))  # linear bottleneck
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class ConvDecoder(nn.Module):
+    """(B, latent_channels, h, w) -> (B, C, H, W) in [0, 1]: the encoder mirrored with ConvTranspose2d."""
+
+    def __init__(self, out_channels, channels, latent_channels, image_size):
+        super().__init__()
+        sizes = conv_sizes(image_size, len(channels))  # e.g. [28, 14, 7, 3]
+        widths = list(channels[::-1]) + [out_channels]  # e.g. [128, 64, 32, 1]
+        layers = [nn.Conv2d(latent_channels, widths[0], 3, padding=1), nn.ReLU()]
+        for i in range(len(channels)):
+            n_in, n_out = sizes[-1 - i], sizes[-2 - i]
+            # a stride-2 transpose conv gives 2n; output_padding adds the row the encoder floored away
+            layers.append(nn.ConvTranspose2d(widths[i], widths[i + 1], 4, stride=2, padding=1,
+                                             output_padding=n_out - 2 * n_in))
+            layers.append(nn.ReLU() if i < len(channels) - 1 else nn.Sigmoid())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z):
+        return self.net(z)
+
+
+# -----------------------------------------------------------------------------
+# the autoencoder
+
+
+class AE(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        C, S = config.in_channels, config.image_size
+        if config.arch == "mlp":
+            sizes = [C * S * S, *config.hidden, config.latent_dim]
+            self.encoder = nn.Sequential(nn.Flatten(), mlp(sizes))
+            self.decoder = nn.Sequential(mlp(sizes[::-1], nn.Sigmoid()), nn.Unflatten(1, (C, S, S)))
+            self.latent_shape = (config.latent_dim,)
+        elif config.arch == "conv":
+            self.encoder = ConvEncoder(C, config.channels, config.latent_channels)
+            self.decoder = ConvDecoder(C, config.channels, config.latent_channels, S)
+            h = conv_sizes(S, len(config.channels))[-1]
+            self.latent_shape = (config.latent_channels, h, h)
+        else:
+            raise ValueError(f"unknown arch {config.arch!r}: use 'mlp' or 'conv'")
+
+    def corrupt(self, x):
+        """What the encoder sees, and the mask of hidden pixels (None: nothing hidden). AE: x itself."""
+        return x, None
+
+    def encode(self, x):
+        """Latent code of the clean input, flattened: (B, C, H, W) -> (B, D)."""
+        return self.encoder(x).flatten(1)
+
+    def decode(self, z):
+        """(B, D) latent codes -> (B, C, H, W) images in [0, 1]."""
+        return self.decoder(z.view(-1, *self.latent_shape))
+
+    def reconstruction_loss(self, recon, x, mask):
+        """Mean squared error per pixel; subclasses may restrict it to the hidden pixels."""
+        return F.mse_loss(recon, x)
+
+    def forward(self, x):
+        inp, mask = self.corrupt(x)
+        z = self.encoder(inp)
+        recon = self.decoder(z)
+        recon_loss = self.reconstruction_loss(recon, x, mask)
+        # L1 on the code pushes most latent units to zero for any one image (003's sparsity penalty)
+        l1_loss = z.abs().mean()
+        loss = recon_loss + self.config.l1 * l1_loss
+        out = {"recon": recon, "input": inp, "recon_loss": recon_loss.detach(), "l1": l1_loss.detach()}
+        if mask is not None:
+            out["mask"] = mask
+        return loss, out
