@@ -1,0 +1,165 @@
+"""
+VAE: the variational autoencoder (Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014), as
+in seed 002: a Gaussian latent, the reparameterization trick, a KL term, and sampling from the prior.
+
+The encoder gives, for each image, a Gaussian q(z|x) = N(mu, diag(exp(logvar))) over a latent vector of
+latent_dim numbers; the decoder maps a draw of z back to an image. The loss is the negative ELBO:
+
+    loss = reconstruction loss + kl_weight * KL(q(z|x) || N(0, I))
+
+with kl_weight = beta (Higgins et al., 2017, beta-VAE), ramped up from near 0 over the first
+kl_warmup_epochs epochs when asked (Bowman et al., 2016), so the decoder learns to use z before the
+KL term pushes q(z|x) towards the prior.
+
+Both architectures of ae.py, built from its blocks:
+- mlp:  flatten -> Linear/ReLU stack to hidden[-1] -> two Linear heads, mu and logvar (latent_dim each);
+        decoder: the stack mirrored from latent_dim -> sigmoid.
+- conv: ConvEncoder -> feature map (latent_channels x h x w) -> flatten -> two Linear heads;
+        decoder: Linear -> feature map -> ConvDecoder -> sigmoid.
+The latent is a vector of latent_dim numbers for both, so it can be sampled, interpolated and added.
+AEConfig's `l1` (a sparsity penalty on a deterministic code) is not used by the VAE.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ae import AEConfig, ConvDecoder, ConvEncoder, conv_sizes, mlp
+
+
+@dataclass
+class VAEConfig(AEConfig):
+    latent_dim: int = 32            # size of the latent vector z (both archs)
+    beta: float = 1.0               # weight of the KL term (1: the plain VAE; 0: an AE on sampled codes)
+    recon_loss: str = "bce"         # 'bce' (Bernoulli decoder) or 'mse' (Gaussian decoder, variance 1/2)
+    kl_warmup_epochs: int = 0       # the KL weight ramps linearly from beta/(n+1) to beta over n epochs
+
+
+def gaussian_kl(mu, logvar):
+    """KL(N(mu, exp(logvar)) || N(0, 1)) of each latent dimension, in nats: (B, D), (B, D) -> (B, D).
+
+    Closed form for two Gaussians (Kingma & Welling 2014, Appendix B):
+        -KL = 0.5 * sum_j (1 + log s_j^2 - mu_j^2 - s_j^2)
+    returned per dimension, not summed, so callers can count the dimensions in use.
+    """
+    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp())
+
+
+class VAE(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        if config.recon_loss not in ("bce", "mse"):
+            raise ValueError(f"unknown recon_loss {config.recon_loss!r}: use 'bce' or 'mse'")
+        C, S, D = config.in_channels, config.image_size, config.latent_dim
+        if config.arch == "mlp":
+            # ReLU after the last hidden layer too: the heads below are the linear layer of the bottleneck
+            self.encoder = nn.Sequential(nn.Flatten(), mlp([C * S * S, *config.hidden], nn.ReLU()))
+            n_features = config.hidden[-1]
+            self.decoder = nn.Sequential(
+                mlp([D, *config.hidden[::-1], C * S * S], nn.Sigmoid()),
+                nn.Unflatten(1, (C, S, S)),  # (B, C*H*W) -> (B, C, H, W)
+            )
+        elif config.arch == "conv":
+            h = conv_sizes(S, len(config.channels))[-1]
+            feature_shape = (config.latent_channels, h, h)
+            n_features = config.latent_channels * h * h
+            self.encoder = nn.Sequential(
+                ConvEncoder(C, config.channels, config.latent_channels),
+                nn.Flatten(),  # (B, latent_channels, h, w) -> (B, latent_channels*h*w)
+            )
+            self.decoder = nn.Sequential(
+                nn.Linear(D, n_features),
+                nn.Unflatten(1, feature_shape),  # (B, latent_channels*h*w) -> (B, latent_channels, h, w)
+                ConvDecoder(C, config.channels, config.latent_channels, S),
+            )
+        else:
+            raise ValueError(f"unknown arch {config.arch!r}: use 'mlp' or 'conv'")
+        self.to_mu = nn.Linear(n_features, D)
+        # the log of the variance, so that any real output is a valid (positive) variance
+        self.to_logvar = nn.Linear(n_features, D)
+        self.kl_weight = self.kl_weight_at(0)
+
+    # -------------------------------------------------------------------------
+    # KL warm-up: train.py calls start_epoch(epoch) before each training epoch
+
+    def kl_weight_at(self, epoch):
+        """beta * min(1, (epoch + 1) / (n + 1)) for n = kl_warmup_epochs: epoch 0 gets beta / (n + 1),
+        epoch n and later get beta. n = 0 gives beta from the start."""
+        n = self.config.kl_warmup_epochs
+        return self.config.beta * min(1.0, (epoch + 1) / (n + 1))
+
+    def start_epoch(self, epoch):
+        # derived from the epoch rather than saved, so a resumed run picks up the right weight
+        self.kl_weight = self.kl_weight_at(epoch)
+
+    # -------------------------------------------------------------------------
+    # encoder, decoder, sampling
+
+    def posterior(self, x):
+        """q(z|x) for a batch: (B, C, H, W) -> mu (B, D), logvar (B, D)."""
+        h = self.encoder(x)  # (B, n_features)
+        return self.to_mu(h), self.to_logvar(h)
+
+    def encode(self, x):
+        """Features for probes, k-NN and t-SNE: the mean of q(z|x), (B, D). Deterministic in any mode."""
+        return self.posterior(x)[0]
+
+    def decode(self, z):
+        """(B, D) latent vectors -> (B, C, H, W) images in [0, 1] (the decoder's mean image)."""
+        return self.decoder(z)
+
+    @torch.no_grad()
+    def sample(self, n, device=None):
+        """n new images: z from the prior N(0, I), decoded. -> (n, C, H, W) in [0, 1]."""
+        if device is None:
+            device = next(self.parameters()).device
+        z = torch.randn(n, self.config.latent_dim, device=device)
+        return self.decode(z)
+
+    @torch.no_grad()
+    def kl_per_dim(self, x):
+        """Mean KL of each latent dimension over the batch x, in nats: -> (D,). Its sum is the per-image KL.
+
+        A dimension whose KL stays near 0 (below ~0.01) has q(z_j|x) = prior for every image: the decoder
+        ignores it. Counting the others gives the number of active dimensions.
+        """
+        mu, logvar = self.posterior(x)
+        return gaussian_kl(mu, logvar).mean(0)
+
+    # -------------------------------------------------------------------------
+    # the loss
+
+    def forward(self, x):
+        mu, logvar = self.posterior(x)  # (B, D) each
+        if self.training:
+            # reparameterization: z = mu + s * eps with eps ~ N(0, I), so gradients reach mu and logvar
+            z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        else:
+            # evaluation decodes the mean: the same image gives the same reconstruction and test loss
+            z = mu
+        recon = self.decode(z)
+
+        # Reduction: summed over pixels (and over latent dimensions for the KL), averaged over the batch.
+        # Both terms are then per-image log-likelihoods in nats and weigh against each other as the ELBO
+        # says; a per-pixel mean would shrink the reconstruction term by C*H*W and let the KL term win,
+        # which collapses q(z|x) onto the prior.
+        B = x.shape[0]
+        if self.config.recon_loss == "bce":
+            # -log p(x|z) for a Bernoulli decoder whose means are the recon pixels (pytorch/examples
+            # vae/main.py). Grey levels in (0, 1) are used as soft targets, so its minimum is the
+            # entropy of x rather than 0.
+            recon_loss = F.binary_cross_entropy(recon, x, reduction="sum") / B
+        else:
+            # -log p(x|z) for a Gaussian decoder with variance 1/2, up to a constant. It is much smaller
+            # than the BCE for the same images, so the KL weighs more: use a smaller beta with it.
+            recon_loss = F.mse_loss(recon, x, reduction="sum") / B
+        kl = gaussian_kl(mu, logvar).sum(1).mean()  # per-image KL in nats
+
+        # with beta = 0 (kl_weight 0) this is exactly the reconstruction loss of the sampled z
+        loss = recon_loss + self.kl_weight * kl
+        out = {"recon": recon, "input": x, "kl": kl.detach(), "recon_loss": recon_loss.detach(),
+               "mu": mu, "logvar": logvar}
+        return loss, out
