@@ -1,0 +1,413 @@
+"""
+MAE: the masked autoencoder of He et al., 2021, "Masked Autoencoders Are Scalable Vision Learners",
+with a small Vision Transformer written out by hand.
+
+The image is cut into p x p patches. Most of them (mask_ratio, 75%) are thrown away at random, and the
+encoder, a ViT, sees only the rest plus a CLS token. A lighter decoder gets the encoded visible patches
+back in place, a shared learned "mask token" in every hidden slot, and predicts the pixels of every
+patch; the loss is the mean squared error on the hidden patches only. Because the encoder never
+processes the hidden 75%, pretraining is cheap, and filling in whole patches cannot be done by copying
+neighbouring pixels, so the encoder has to learn what objects look like.
+
+Read top to bottom:
+- patchify / unpatchify: images <-> sequences of flattened patches
+- sincos_pos_embed_2d: fixed 2D sin-cos positions
+- random_masking: "shuffle by random noise, keep the first L * (1 - mask_ratio)", ids_restore to unshuffle
+- Attention, Block: a pre-norm Transformer block (Attention can be copied on its own)
+- MAE: encoder, decoder, loss, and what the rest of nanoAE asks of a model (encode, attention_maps,
+  param_groups_lrd for fine-tuning with layer-wise lr decay)
+
+The masking, ids_restore, loss and positions follow the paper's reference code
+(github.com/facebookresearch/mae); unlike it, nothing here depends on timm or numpy, and any channel
+count and any patch size that divides the image work.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class MAEConfig:
+    in_channels: int = 1            # image channels: 1 for (Fashion-)MNIST, 3 for CIFAR-10
+    image_size: int = 28            # image height = width: 28 or 32 (must be divisible by patch_size)
+    patch_size: int = 4             # side of a square patch: 28/4 -> 7x7 = 49 patches, 32/4 -> 64
+    embed_dim: int = 128            # encoder width (a multiple of 4, for the 2D sin-cos positions)
+    depth: int = 6                  # number of encoder Transformer blocks
+    num_heads: int = 4              # encoder attention heads (embed_dim must be divisible by it)
+    mlp_ratio: float = 4.0          # hidden width of every block's MLP, as a multiple of the block's width
+    decoder_embed_dim: int = 64     # decoder width (a multiple of 4); the decoder is lighter than the encoder
+    decoder_depth: int = 2          # number of decoder Transformer blocks
+    decoder_num_heads: int = 4      # decoder attention heads
+    mask_ratio: float = 0.75        # fraction of patches hidden from the encoder during pretraining
+    norm_pix_loss: bool = False     # target: each patch minus its mean, over its std (paper: better features)
+    pool: str = "cls"               # encode(): 'cls' (the CLS token) or 'mean' (mean of the patch tokens)
+
+
+# -----------------------------------------------------------------------------
+# patches and positions
+
+
+def patchify(imgs, p):
+    """(B, C, H, W) -> (B, L, p*p*C), L = (H/p) * (W/p) patches in row-major order.
+
+    Each patch is flattened as (p, p, C): row within the patch, column, then channel, as in the
+    reference code, so patch 0 is imgs[:, :, :p, :p] and patch 1 is imgs[:, :, :p, p:2p].
+    """
+    B, C, H, W = imgs.shape
+    if H % p != 0 or W % p != 0:
+        raise ValueError(f"patch size {p} does not divide the image size {H}x{W}")
+    h, w = H // p, W // p
+    x = imgs.reshape(B, C, h, p, w, p)                 # (B, C, h, p, w, p)
+    x = x.permute(0, 2, 4, 3, 5, 1)                    # (B, h, w, p, p, C)
+    return x.reshape(B, h * w, p * p * C)              # (B, L, p*p*C)
+
+
+def unpatchify(x, p, C):
+    """(B, L, p*p*C) -> (B, C, H, W) for square images: the inverse of patchify."""
+    B, L, D = x.shape
+    h = w = math.isqrt(L)
+    if h * w != L or D != p * p * C:
+        raise ValueError(f"cannot unpatchify {L} patches of {D} values into a square image "
+                         f"of {p}x{p} patches with {C} channels")
+    x = x.reshape(B, h, w, p, p, C)                    # (B, h, w, p, p, C)
+    x = x.permute(0, 5, 1, 3, 2, 4)                    # (B, C, h, p, w, p)
+    return x.reshape(B, C, h * p, w * p)               # (B, C, H, W)
+
+
+def sincos_pos_embed_1d(embed_dim, pos):
+    """(M,) positions -> (M, embed_dim): sin(pos * omega_i) then cos(pos * omega_i),
+    omega_i = 1 / 10000^(2i / embed_dim) for i = 0 .. embed_dim/2 - 1 (Vaswani et al., 2017)."""
+    if embed_dim % 2 != 0:
+        raise ValueError(f"1D sin-cos positions need an even width, got {embed_dim}")
+    i = torch.arange(embed_dim // 2, dtype=torch.float64)
+    omega = 1.0 / 10000 ** (2 * i / embed_dim)         # (D/2,) frequencies, fastest first
+    angles = pos.double()[:, None] * omega[None, :]    # (M, D/2)
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)  # (M, D)
+
+
+def sincos_pos_embed_2d(embed_dim, grid_size, cls_token=True):
+    """Fixed 2D sin-cos positions for a grid_size x grid_size grid of patches, row-major like patchify.
+
+    Returns (1 + L, D) with an all-zero first row for the CLS token (it has no position), or (L, D).
+    Half the dims encode one coordinate, half the other, each with 1D sin-cos of width D/2. As in the
+    reference code, the first half encodes the column (x) and the second half the row (y).
+    """
+    if embed_dim % 4 != 0:
+        raise ValueError(f"2D sin-cos positions need a width divisible by 4, got {embed_dim}")
+    coords = torch.arange(grid_size)
+    rows = coords.repeat_interleave(grid_size)         # (L,) 0,0,..,0,1,1,.. patch k is in row k // g
+    cols = coords.repeat(grid_size)                    # (L,) 0,1,..,g-1,0,1,.. and column k % g
+    emb = torch.cat([sincos_pos_embed_1d(embed_dim // 2, cols),
+                     sincos_pos_embed_1d(embed_dim // 2, rows)], dim=1)  # (L, D)
+    if cls_token:
+        emb = torch.cat([torch.zeros(1, embed_dim, dtype=emb.dtype), emb], dim=0)  # (1 + L, D)
+    return emb.float()
+
+
+# -----------------------------------------------------------------------------
+# masking
+
+
+def random_masking(x, mask_ratio):
+    """Keep a random subset of int(L * (1 - mask_ratio)) patches of each image.
+
+    Every image draws its own uniform noise; sorting it gives a random permutation, ids_shuffle, and
+    the first len_keep patches of it are kept. ids_restore = argsort(ids_shuffle) is the inverse
+    permutation: gathering a shuffled sequence with it puts every patch back in place.
+
+    x: (B, L, D) -> x_visible (B, len_keep, D), mask (B, L) with 1 = hidden, ids_restore (B, L).
+    """
+    B, L, D = x.shape
+    len_keep = int(L * (1 - mask_ratio))
+    noise = torch.rand(B, L, device=x.device)          # (B, L) in [0, 1)
+    ids_shuffle = torch.argsort(noise, dim=1)          # (B, L): smallest noise first, these are kept
+    ids_restore = torch.argsort(ids_shuffle, dim=1)    # (B, L)
+    ids_keep = ids_shuffle[:, :len_keep]               # (B, len_keep)
+    x_visible = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, D))  # (B, len_keep, D)
+    # the mask is built in shuffled order (0s then 1s) and unshuffled like any other sequence
+    mask = torch.ones(B, L, device=x.device)
+    mask[:, :len_keep] = 0
+    mask = torch.gather(mask, 1, ids_restore)          # (B, L)
+    return x_visible, mask, ids_restore
+
+
+# -----------------------------------------------------------------------------
+# the Transformer
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention: softmax(q k^T / sqrt(head_dim)) v, per head, then a projection."""
+
+    def __init__(self, dim, num_heads):
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim)             # q, k and v of every head in one matmul
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, return_attention=False):
+        B, T, D = x.shape
+        qkv = self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim)  # (B, T, 3, heads, hd)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)           # each (B, heads, T, hd)
+        if return_attention:
+            # written out, so the weights can be looked at
+            attn = (q @ k.transpose(-2, -1)) * self.scale  # (B, heads, T, T)
+            attn = attn.softmax(dim=-1)                # each row: how much a token takes from every token
+            y = attn @ v                               # (B, heads, T, hd)
+        else:
+            # the same computation, fused (flash / memory-efficient kernels where available)
+            y = F.scaled_dot_product_attention(q, k, v)  # (B, heads, T, hd)
+        y = y.transpose(1, 2).reshape(B, T, D)         # (B, T, D): heads side by side again
+        y = self.proj(y)
+        return (y, attn) if return_attention else y
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block: x + Attention(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, dim, num_heads, mlp_ratio=4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x, return_attention=False):
+        if return_attention:
+            y, attn = self.attn(self.norm1(x), return_attention=True)
+        else:
+            y = self.attn(self.norm1(x))
+        x = x + y
+        x = x + self.mlp(self.norm2(x))
+        return (x, attn) if return_attention else x
+
+
+# -----------------------------------------------------------------------------
+# the masked autoencoder
+
+
+class MAE(nn.Module):
+
+    # the parts the encoder is made of: what fine-tuning keeps, and what encoder_parameters() yields
+    encoder_parts = ("patch_embed", "cls_token", "blocks", "norm")
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        C, S, p = config.in_channels, config.image_size, config.patch_size
+        if S % p != 0:
+            raise ValueError(f"patch size {p} does not divide the image size {S}")
+        if config.pool not in ("cls", "mean"):
+            raise ValueError(f"unknown pool {config.pool!r}: use 'cls' or 'mean'")
+        grid = S // p
+        self.num_patches = grid * grid
+        D, Dd = config.embed_dim, config.decoder_embed_dim
+
+        # encoder: a Linear on flattened patches (the same as a stride-p p x p conv), CLS, ViT blocks
+        self.patch_embed = nn.Linear(p * p * C, D)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
+        # fixed, not learned: persistent buffers travel with the state dict but get no gradient
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(D, grid).unsqueeze(0))  # (1, 1 + L, D)
+        self.blocks = nn.ModuleList([Block(D, config.num_heads, config.mlp_ratio)
+                                     for _ in range(config.depth)])
+        self.norm = nn.LayerNorm(D, eps=1e-6)
+
+        # decoder: narrower, shallower, used only for pretraining
+        self.decoder_embed = nn.Linear(D, Dd)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, Dd))  # one learned token for every hidden patch
+        self.register_buffer("decoder_pos_embed",
+                             sincos_pos_embed_2d(Dd, grid).unsqueeze(0))  # (1, 1 + L, Dd)
+        self.decoder_blocks = nn.ModuleList([Block(Dd, config.decoder_num_heads, config.mlp_ratio)
+                                             for _ in range(config.decoder_depth)])
+        self.decoder_norm = nn.LayerNorm(Dd, eps=1e-6)
+        self.decoder_pred = nn.Linear(Dd, p * p * C)   # pixels of one patch
+
+        self.initialize_weights()
+
+    def initialize_weights(self):
+        """As the reference code: xavier_uniform Linear weights, zero biases, LayerNorm (1, 0),
+        CLS and mask tokens normal(std=0.02)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                # xavier_uniform treats the patch embedding like any Linear: fan-in p*p*C, fan-out D
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.cls_token, std=0.02)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    # -- encoder --
+
+    def embed(self, x):
+        """(B, C, H, W) -> (B, L, D) patch tokens with their positions, in patchify order."""
+        patches = patchify(x, self.config.patch_size)  # (B, L, p*p*C)
+        return self.patch_embed(patches) + self.pos_embed[:, 1:]  # (B, L, D)
+
+    def with_cls(self, tokens):
+        """Prepend the CLS token (its position row is zero): (B, N, D) -> (B, 1 + N, D)."""
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)  # (B, 1, D)
+        return torch.cat([cls, tokens], dim=1)
+
+    def forward_encoder(self, x, mask_ratio):
+        """Encode the visible patches: -> latent (B, 1 + len_keep, D), mask (B, L), ids_restore (B, L)."""
+        tokens = self.embed(x)                         # (B, L, D)
+        # positions are added before masking, so each kept token still knows where it came from
+        tokens, mask, ids_restore = random_masking(tokens, mask_ratio)  # (B, len_keep, D)
+        h = self.with_cls(tokens)                      # (B, 1 + len_keep, D)
+        for block in self.blocks:
+            h = block(h)
+        return self.norm(h), mask, ids_restore
+
+    # -- decoder --
+
+    def forward_decoder(self, latent, ids_restore):
+        """(B, 1 + len_keep, D) encoded visible patches -> (B, L, p*p*C) predicted pixels of every patch."""
+        h = self.decoder_embed(latent)                 # (B, 1 + len_keep, Dd)
+        B, L = ids_restore.shape
+        Dd = h.shape[-1]
+        mask_tokens = self.mask_token.expand(B, L - (h.shape[1] - 1), -1)  # (B, L - len_keep, Dd)
+        # in shuffled order the visible patches come first and the hidden ones after: append the mask
+        # tokens there, then unshuffle the whole sequence with ids_restore
+        patches = torch.cat([h[:, 1:], mask_tokens], dim=1)  # (B, L, Dd) shuffled
+        patches = torch.gather(patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, Dd))  # (B, L, Dd)
+        h = torch.cat([h[:, :1], patches], dim=1) + self.decoder_pos_embed  # (B, 1 + L, Dd)
+        for block in self.decoder_blocks:
+            h = block(h)
+        h = self.decoder_norm(h)
+        return self.decoder_pred(h)[:, 1:]             # (B, L, p*p*C): drop the CLS token
+
+    # -- loss --
+
+    def patch_stats(self, x):
+        """Mean and std of every target patch: (B, L, 1) each, for norm_pix_loss."""
+        target = patchify(x, self.config.patch_size)   # (B, L, p*p*C)
+        mean = target.mean(dim=-1, keepdim=True)
+        std = (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5  # eps: flat (all-black) patches
+        return mean, std
+
+    def forward_loss(self, x, pred, mask):
+        """Mean squared error per patch, averaged over the hidden patches only (mask == 1).
+
+        x: (B, C, H, W) target images, pred: (B, L, p*p*C), mask: (B, L). The visible patches are in
+        the input, so scoring them would reward copying; the reference code leaves them out too.
+        """
+        target = patchify(x, self.config.patch_size)   # (B, L, p*p*C)
+        if self.config.norm_pix_loss:
+            mean, std = self.patch_stats(x)
+            target = (target - mean) / std
+        loss = ((pred - target) ** 2).mean(dim=-1)     # (B, L) mean squared error per patch
+        return (loss * mask).sum() / mask.sum().clamp(min=1)  # clamp: mask_ratio 0 gives 0, not nan
+
+    # -- the model contract --
+
+    def forward(self, x, mask_ratio=None):
+        """Pretraining step on x (B, C, H, W) in [0, 1]. Returns (loss, out) with images for viewing:
+
+        recon: the prediction in the hidden patches, the input's own pixels in the visible ones
+        pred:  the prediction everywhere, clamped to [0, 1]
+        input: what the encoder saw, hidden patches set to 0
+        mask:  (B, 1, H, W), 1 = hidden
+
+        mask_ratio, if given, replaces config.mask_ratio for this call (e.g. to show other ratios).
+        With norm_pix_loss the decoder predicts normalised patches; to draw them, each is scaled back
+        with its target patch's mean and std, so those pictures borrow two true numbers per patch.
+        """
+        mask_ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
+        p, C = self.config.patch_size, self.config.in_channels
+        latent, mask, ids_restore = self.forward_encoder(x, mask_ratio)
+        pred = self.forward_decoder(latent, ids_restore)  # (B, L, p*p*C)
+        loss = self.forward_loss(x, pred, mask)
+
+        # pictures only from here on: no gradient
+        with torch.no_grad():
+            pixels = pred.detach().float()             # float32 pictures, whatever precision ran
+            if self.config.norm_pix_loss:
+                mean, std = self.patch_stats(x)
+                pixels = pixels * std + mean
+            pred_img = unpatchify(pixels, p, C).clamp(0, 1)  # (B, C, H, W)
+            mask_px = unpatchify(mask.unsqueeze(-1).expand(-1, -1, p * p * C), p, C)[:, :1]  # (B, 1, H, W)
+            recon = x * (1 - mask_px) + pred_img * mask_px
+            inp = x * (1 - mask_px)
+        return loss, {"recon": recon, "pred": pred_img, "input": inp, "mask": mask_px}
+
+    def encode_tokens(self, x):
+        """All patches, nothing masked, through the encoder: (B, C, H, W) -> (B, 1 + L, D), CLS first."""
+        h = self.with_cls(self.embed(x))               # (B, 1 + L, D), patches in order
+        for block in self.blocks:
+            h = block(h)
+        return self.norm(h)
+
+    def encode(self, x):
+        """Features of the clean image, nothing masked: (B, C, H, W) -> (B, embed_dim).
+        pool='cls': the CLS token after the final norm; pool='mean': the mean of the patch tokens."""
+        h = self.encode_tokens(x)                      # (B, 1 + L, D)
+        return h[:, 0] if self.config.pool == "cls" else h[:, 1:].mean(dim=1)
+
+    @torch.no_grad()
+    def attention_maps(self, x):
+        """How much the CLS token attends to each patch in the last encoder block, per head, on the
+        unmasked image: (B, C, H, W) -> (B, heads, H/p, W/p).
+
+        The softmax row of the CLS also gives some weight to the CLS itself; that share is dropped and
+        the rest renormalised, so every map is a distribution over patches (sums to 1).
+        """
+        B, _, H, W = x.shape
+        p = self.config.patch_size
+        h = self.with_cls(self.embed(x))               # (B, 1 + L, D)
+        for block in self.blocks[:-1]:
+            h = block(h)
+        _, attn = self.blocks[-1](h, return_attention=True)  # (B, heads, 1 + L, 1 + L)
+        cls_to_patches = attn[:, :, 0, 1:].float()     # (B, heads, L): CLS's row, patch columns
+        cls_to_patches = cls_to_patches / cls_to_patches.sum(dim=-1, keepdim=True)
+        return cls_to_patches.reshape(B, -1, H // p, W // p)  # (B, heads, H/p, W/p)
+
+    # -- fine-tuning --
+
+    def encoder_named_parameters(self):
+        """(name, parameter) for the encoder only: patch embedding, CLS token, blocks, final norm."""
+        for name, param in self.named_parameters():
+            if name.split(".")[0] in self.encoder_parts:
+                yield name, param
+
+    def encoder_parameters(self):
+        """The encoder's parameters: what fine-tuning and linear probes build on (no decoder)."""
+        for _, param in self.encoder_named_parameters():
+            yield param
+
+    def param_groups_lrd(self, lr, weight_decay, layer_decay):
+        """Optimizer parameter groups for the encoder with layer-wise lr decay (BEiT, MAE fine-tuning).
+
+        Layer 0 is the patch embedding and CLS token, layer i + 1 encoder block i, layer depth + 1 the
+        final norm; a layer's lr is lr * layer_decay ** (depth + 1 - layer), so the layers near the
+        input, which pretraining taught most general things, move least. Biases, norms and the CLS
+        token get no weight decay. Each group also carries its 'lr_scale', for lr schedules.
+        """
+        depth = self.config.depth
+        groups = {}
+        for name, param in self.encoder_named_parameters():
+            if not param.requires_grad:
+                continue
+            part = name.split(".")[0]
+            if part in ("patch_embed", "cls_token"):
+                layer = 0
+            elif part == "blocks":
+                layer = int(name.split(".")[1]) + 1
+            else:                                      # the final norm
+                layer = depth + 1
+            no_decay = param.ndim == 1 or part == "cls_token"
+            key = (layer, no_decay)
+            if key not in groups:
+                scale = layer_decay ** (depth + 1 - layer)
+                groups[key] = {"params": [], "lr": lr * scale, "lr_scale": scale,
+                               "weight_decay": 0.0 if no_decay else weight_decay}
+            groups[key]["params"].append(param)
+        return [groups[key] for key in sorted(groups)]
