@@ -1,0 +1,362 @@
+"""
+Metrics in plain torch: reconstruction quality per image, and the quality of learned features.
+
+Images are floats in [0, 1] with shape (B, C, H, W), so PSNR and SSIM use a data range of 1.
+Every image metric returns one number per image, shape (B,), so callers can average, plot or
+pick out the worst images.
+
+Features are (N, D) tensors from a model's `encode`. For them: k-NN accuracy, t-SNE (exact, van der
+Maaten & Hinton 2008, with scikit-learn's optimisation schedule) and cluster statistics (class radius,
+silhouette).
+"""
+import math
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+
+def mse(recon, target):
+    """Mean squared error per image: (B, C, H, W), (B, C, H, W) -> (B,)."""
+    return (recon - target).pow(2).flatten(1).mean(1)
+
+
+def mae(recon, target):
+    """Mean absolute error per image (not the masked autoencoder): -> (B,)."""
+    return (recon - target).abs().flatten(1).mean(1)
+
+
+def psnr(recon, target, data_range=1.0, eps=1e-10):
+    """Peak signal-to-noise ratio in dB per image: 10 log10(range^2 / MSE) -> (B,).
+
+    eps keeps a perfect reconstruction finite (100 dB) instead of inf.
+    """
+    return 10 * torch.log10(data_range ** 2 / (mse(recon, target) + eps))
+
+
+# -----------------------------------------------------------------------------
+# representation quality
+
+
+@torch.no_grad()
+def knn_accuracy(train_features, train_labels, test_features, test_labels, k=20, num_classes=None,
+                 batch_size=1024):
+    """Accuracy of a k-nearest-neighbour vote on frozen features, by cosine similarity.
+
+    Each test point takes the k most similar training points; votes are weighted by similarity so
+    that close neighbours count more (a common choice in self-supervised evaluation).
+    Features (N, D), labels (N,) -> fraction correct in [0, 1].
+    """
+    num_classes = num_classes or int(train_labels.max()) + 1
+    train_features = torch.nn.functional.normalize(train_features.float(), dim=1)
+    test_features = torch.nn.functional.normalize(test_features.float(), dim=1)
+    correct = 0
+    for i in range(0, len(test_features), batch_size):  # a batch of rows keeps memory at batch x N
+        sim = test_features[i:i + batch_size] @ train_features.T        # (b, N)
+        top_sim, top_idx = sim.topk(k, dim=1)                           # (b, k)
+        votes = torch.zeros(len(sim), num_classes, device=sim.device)
+        votes.scatter_add_(1, train_labels[top_idx], top_sim)          # (b, classes)
+        correct += (votes.argmax(1) == test_labels[i:i + batch_size]).sum().item()
+    return correct / len(test_features)
+
+
+# -----------------------------------------------------------------------------
+# structural similarity
+
+
+def gaussian_window(sigma=1.5, truncate=3.5, dtype=torch.float64, device=None):
+    """1D Gaussian taps as scipy.ndimage.gaussian_filter builds them: radius int(truncate * sigma + 0.5),
+    normalised to sum 1. The defaults give Wang et al.'s 11-tap window."""
+    radius = int(truncate * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
+    w = torch.exp(-0.5 * (x / sigma) ** 2)
+    return w / w.sum()
+
+
+def ssim(recon, target, data_range=1.0):
+    """Structural similarity per image (Wang et al. 2004), averaged over pixels and channels -> (B,).
+
+    The same number as skimage.metrics.structural_similarity(recon, target, gaussian_weights=True,
+    sigma=1.5, use_sample_covariance=False, data_range=data_range, channel_axis=0): an 11-tap Gaussian
+    window (sigma 1.5), K1 = 0.01, K2 = 0.03, population (co)variances. scikit-image filters the whole
+    image and then drops the 5-pixel border whose windows reach past the edge, so only windows that lie
+    inside the image count. A convolution without padding computes exactly those: there is no padding
+    mode to match.
+    """
+    B, C, H, W = target.shape
+    g = gaussian_window(device=target.device)
+    k = len(g)
+    if min(H, W) < k:
+        raise ValueError(f"ssim needs images of at least {k}x{k} pixels, got {H}x{W}")
+    C1, C2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    # float64: a variance here is E[x^2] - E[x]^2, a small difference of two numbers as large as 1
+    x, y = recon.double(), target.double()
+    maps = torch.cat([x, y, x * x, y * y, x * y], dim=1)                  # (B, 5C, H, W)
+    n = maps.shape[1]
+    # separable window: filter down the columns, then along the rows, each map on its own (groups=n)
+    maps = F.conv2d(maps, g.view(1, 1, k, 1).repeat(n, 1, 1, 1), groups=n)
+    maps = F.conv2d(maps, g.view(1, 1, 1, k).repeat(n, 1, 1, 1), groups=n)  # (B, 5C, H-k+1, W-k+1)
+    mu_x, mu_y, e_xx, e_yy, e_xy = maps.chunk(5, dim=1)                   # each (B, C, H-k+1, W-k+1)
+    var_x, var_y, cov_xy = e_xx - mu_x * mu_x, e_yy - mu_y * mu_y, e_xy - mu_x * mu_y
+    luminance_num = 2 * mu_x * mu_y + C1
+    luminance_den = mu_x ** 2 + mu_y ** 2 + C1
+    structure_num = 2 * cov_xy + C2
+    structure_den = var_x + var_y + C2
+    s = (luminance_num * structure_num) / (luminance_den * structure_den)  # Wang et al. eq. 13, per window
+    return s.flatten(1).mean(1).to(target.dtype if target.is_floating_point() else torch.float32)
+
+
+# -----------------------------------------------------------------------------
+# t-SNE (exact): P from Gaussian neighbourhoods in feature space, Q from a Student-t kernel in the
+# embedding, gradient descent on KL(P || Q). Every iteration touches all N^2 pairs and P is kept
+# whole: fine up to about 10k points (a 10k x 10k P is 400 MB).
+
+
+def squared_distances(a, b):
+    """|a_i - b_j|^2 for all pairs: (n, D), (m, D) -> (n, m), as |a|^2 + |b|^2 - 2 a.b (one matmul)."""
+    return (a.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1) - 2 * a @ b.T).clamp_(min=0)
+
+
+def _chunk_rows(n_cols, device):
+    """Rows per chunk of an (N, N) computation: a few MB on a CPU (the chunk stays in cache while several
+    elementwise passes run over it), up to 256 MB on a GPU (one big chunk keeps the kernels busy)."""
+    budget = 2 ** 26 if torch.device(device).type == "cuda" else 2 ** 19
+    return max(1, budget // n_cols)
+
+
+@torch.no_grad()
+def conditional_probabilities(x, perplexity=30.0, n_steps=100, tol=1e-5):
+    """The rows P(j | i) of t-SNE's input similarities: (N, D) -> (N, N) float32, each row sums to 1.
+
+    P(j | i) is proportional to exp(-beta_i |x_i - x_j|^2), P(i | i) = 0. Each point's precision beta_i
+    is set by bisection so that the row's entropy is log(perplexity) nats to within tol: every row of a
+    chunk is searched at once, a converged row stops moving, as in scikit-learn's
+    `_binary_search_perplexity` (start at beta = 1, double or halve until the target is bracketed).
+    """
+    x = x.double().flatten(1)
+    x = x - x.mean(0)  # no distance changes, and |a|^2 + |b|^2 - 2 a.b loses less to cancellation
+    N = len(x)
+    if not 0 < perplexity < N:
+        raise ValueError(f"perplexity must be in (0, {N}), the number of points; got {perplexity}")
+    target = math.log(perplexity)
+    P = torch.empty(N, N, dtype=torch.float32, device=x.device)
+    rows = _chunk_rows(N, x.device)
+    for i in range(0, N, rows):
+        d = squared_distances(x[i:i + rows], x)                            # (b, N)
+        b = len(d)
+        self_pairs = d[:, i:i + b]                                         # (b, b) view: its diagonal is j = i
+        self_pairs.fill_diagonal_(math.inf)
+        # shifting a row by its nearest distance changes neither P(. | i) nor its entropy, and keeps
+        # exp() from underflowing to an all-zero row when distances are large
+        d -= d.min(1, keepdim=True).values
+        # a huge finite self-distance: exp(-beta d) = 0 for j = i, and p * d = 0 rather than 0 * inf = nan
+        self_pairs.fill_diagonal_(torch.finfo(d.dtype).max)
+        neg_d = d.neg_()
+        p = torch.empty_like(neg_d)
+        beta = torch.ones(b, 1, dtype=x.dtype, device=x.device)
+        lo = torch.zeros_like(beta)                # 0 as the lower end makes "halve" and "bisect" one rule
+        hi = torch.full_like(beta, math.inf)
+        for _ in range(n_steps):
+            torch.mul(neg_d, beta, out=p).exp_()                           # (b, N), unnormalised
+            p_sum = p.sum(1, keepdim=True)
+            # H = -sum p log p with p = exp(-beta d) / p_sum, i.e. log p_sum + beta E_p[d]
+            entropy = p_sum.log() - beta * torch.linalg.vecdot(p, neg_d).unsqueeze(1) / p_sum
+            error = entropy - target
+            done = error.abs() <= tol
+            if done.all():
+                break
+            too_wide = error > 0                   # too many effective neighbours: sharpen (beta up)
+            lo = torch.where(too_wide, beta, lo)
+            hi = torch.where(too_wide, hi, beta)
+            new_beta = torch.where(too_wide, torch.where(hi.isinf(), 2 * beta, (beta + hi) / 2),
+                                   (beta + lo) / 2)
+            beta = torch.where(done, beta, new_beta)
+        P[i:i + b] = p / p_sum
+    return P
+
+
+def _tsne_gradient(P, Y, exaggeration, rows, buffer=None):
+    """Gradient of KL(P || Q) for exact t-SNE, (N, N), (N, dim) -> (N, dim):
+
+        dC/dy_i = 4 sum_j (exaggeration p_ij - q_ij) w_ij (y_i - y_j),   w_ij = 1 / (1 + |y_i - y_j|^2),
+        q_ij = w_ij / Z, Z = sum_{k != l} w_kl         (van der Maaten & Hinton 2008, eq. 5)
+
+    written as 4 (exaggeration F(P * W) - F(W * W) / Z) with F(A)_i = y_i sum_j a_ij - sum_j a_ij y_j,
+    so no (N, N, dim) tensor is ever formed. W and P are symmetric, so only the blocks on and to the
+    right of the diagonal are computed: a row chunk (rows i.., columns j >= i) feeds its own rows directly
+    and, transposed, the rows it meets below the chunk. `buffer` (2, rows * N), reused between calls,
+    holds a chunk's W and P * W.
+    """
+    N, dim = Y.shape
+    if buffer is None:
+        buffer = Y.new_empty(2, rows * N)
+    Y = Y - Y.mean(0)  # the gradient ignores translations; small |y| keeps the expansion below accurate
+    ones = torch.ones(N, 1, dtype=Y.dtype, device=Y.device)
+    sq = Y.pow(2).sum(1, keepdim=True)                                      # (N, 1)
+    # left_i . right_j = 1 + |y_i|^2 + |y_j|^2 - 2 y_i . y_j = 1 + |y_i - y_j|^2: one matmul per chunk
+    left = torch.cat([Y, 1 + sq, ones], 1)                                 # (N, dim + 2)
+    right_t = torch.cat([-2 * Y, ones, sq], 1).T.contiguous()              # (dim + 2, N)
+    # a product with [Y, 1] gives sum_j a_ij y_j and sum_j a_ij at once
+    Y1_t = torch.cat([Y, ones], 1).T.contiguous()                          # (dim + 1, N)
+    attract = torch.zeros_like(Y1_t)                                       # (dim + 1, N)
+    repel = torch.zeros_like(Y1_t)
+    Z = []
+    for i in range(0, N, rows):
+        b, M = min(rows, N - i), N - i
+        W = buffer[0, :b * M].view(b, M)                                   # w_ij for rows i..i+b, columns j >= i
+        PW = buffer[1, :b * M].view(b, M)
+        torch.mm(left[i:i + b], right_t[:, i:], out=W).reciprocal_()
+        W[:, :b].fill_diagonal_(0)
+        Z.append(2 * W.sum() - W[:, :b].sum())  # blocks right of the diagonal also stand for their mirror
+        torch.mul(P[i:i + b, i:], W, out=PW)
+        W.square_()
+        for A, acc in ((PW, attract), (W, repel)):
+            acc[:, i:i + b] += F.linear(A, Y1_t[:, i:]).T  # A @ [Y, 1], in the form the BLAS runs fastest
+            acc[:, i + b:] += Y1_t[:, i:i + b] @ A[:, b:]  # the mirrored blocks, for the rows below
+    Z = torch.stack(Z).double().sum().to(Y.dtype)
+
+    def force(acc):  # sum_j a_ij (y_i - y_j)
+        return Y * acc[dim:].T - acc[:dim].T
+
+    return 4 * (exaggeration * force(attract) - force(repel) / Z)
+
+
+def _tsne_init(x, dim, init, seed):
+    """Starting embedding, (N, D) -> (N, dim) with tiny spread, as scikit-learn's TSNE starts.
+
+    'pca': the top principal components, signs fixed so each direction's largest loading is positive,
+    scaled so the first column has standard deviation 1e-4. 'random': N(0, 1e-4^2), drawn from `seed`.
+    """
+    N = len(x)
+    if init == "random":
+        generator = torch.Generator(device=x.device).manual_seed(seed)
+        return 1e-4 * torch.randn(N, dim, generator=generator, dtype=torch.float64, device=x.device)
+    if init != "pca":
+        raise ValueError(f"unknown init {init!r}: use 'pca' or 'random'")
+    x = x - x.mean(0)
+    _, vectors = torch.linalg.eigh(x.T @ x)                                 # ascending eigenvalues
+    components = vectors[:, -dim:].flip(1)                                 # (D, dim), largest first
+    largest = components.abs().argmax(0)
+    components = components * components[largest, torch.arange(dim)].sign()
+    Y = x @ components                                                     # (N, dim)
+    return Y / Y[:, 0].std(correction=0) * 1e-4
+
+
+@contextmanager
+def cpu_threads(n):
+    """Run the block with n intra-op CPU threads (None: leave torch's setting alone), then restore."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@torch.no_grad()
+def tsne(x, dim=2, perplexity=30.0, n_iter=1000, seed=0, device=None, init="pca", threads=1):
+    """Exact t-SNE embedding of features (N, D) -> numpy (N, dim).
+
+    The schedule is scikit-learn's TSNE(method='exact', init='pca', learning_rate='auto'):
+    250 iterations with P exaggerated 12 times and momentum 0.5, then momentum 0.8 up to n_iter;
+    per-coordinate gains (+0.2 while the step keeps going downhill, x0.8 otherwise, at least 0.01);
+    learning rate max(N / 12 / 4, 50). P comes from `conditional_probabilities`, symmetrised:
+    p_ij = (P(j | i) + P(i | j)) / 2N. `seed` only matters for init='random'; with init='pca' the result
+    depends on nothing but the data. Runs where `device` says (default: where x is).
+
+    threads: CPU threads for the run (None: torch's current setting). One by default: an iteration is
+    hundreds of cache-sized ops, and with several threads each op ends in a barrier where every thread
+    waits for the slowest; on a machine that is also running anything else, that waiting costs several
+    times more than the extra threads give back.
+    """
+    x = torch.as_tensor(x)
+    device = torch.device(device) if device is not None else x.device
+    with cpu_threads(threads if device.type == "cpu" else None):
+        x = x.to(device=device, dtype=torch.float64).flatten(1)             # (N, D)
+        N = len(x)
+        P = conditional_probabilities(x, perplexity)
+        P = P + P.T
+        P /= P.sum()                                                       # = 2N: every row of P(. | i) sums to 1
+        # scikit-learn's floor; it also keeps far pairs out of float32's denormal range, where every
+        # multiply is several times slower
+        P.clamp_(min=torch.finfo(torch.float64).eps)
+        Y = _tsne_init(x, dim, init, seed).float()                         # (N, dim)
+        exaggeration_iters, exaggeration = 250, 12.0
+        learning_rate = max(N / exaggeration / 4, 50.0)
+        rows = _chunk_rows(N, device)
+        buffer = Y.new_empty(2, rows * N)
+        for it in range(n_iter):
+            if it in (0, exaggeration_iters):  # scikit-learn restarts its optimiser for the second phase
+                update = torch.zeros_like(Y)
+                gains = torch.ones_like(Y)
+            early = it < exaggeration_iters
+            grad = _tsne_gradient(P, Y, exaggeration if early else 1.0, rows, buffer)
+            momentum = 0.5 if early else 0.8
+            # a step that still points the way the last one went (update and gradient of opposite sign)
+            # earns a larger gain; a sign flip means we overshot
+            gains = torch.where(update * grad < 0, gains + 0.2, gains * 0.8).clamp_(min=0.01)
+            update = momentum * update - learning_rate * gains * grad
+            Y += update
+    return Y.cpu().numpy()
+
+
+# -----------------------------------------------------------------------------
+# cluster statistics
+
+
+@torch.no_grad()
+def silhouette(features, labels, batch_size=1024):
+    """Mean silhouette coefficient (Rousseeuw 1987), Euclidean, as sklearn.metrics.silhouette_score.
+
+    For each point, a = mean distance to the other points of its class, b = the smallest mean distance
+    to the points of another class, s = (b - a) / max(a, b); a point alone in its class has s = 0.
+    Distances are made batch_size rows at a time, so N = 10k points need N x batch_size floats, not N^2.
+    Features (N, D), labels (N,) ints in [0, K) -> float in [-1, 1].
+    """
+    x = features.flatten(1)
+    x = x if x.is_floating_point() else x.float()
+    x = x - x.mean(0)  # no distance changes, and cdist's matmul form loses less to cancellation
+    labels = labels.to(x.device).long()
+    onehot = F.one_hot(labels).to(x.dtype)                                 # (N, K)
+    counts = onehot.sum(0)                                                 # (K,)
+    if (counts > 0).sum() < 2:
+        raise ValueError("silhouette needs at least two classes")
+    s = torch.empty(len(x), dtype=x.dtype, device=x.device)
+    for i in range(0, len(x), batch_size):
+        own = labels[i:i + batch_size]                                     # (b,)
+        dist_sum = torch.cdist(x[i:i + batch_size], x) @ onehot            # (b, K): summed distance to each class
+        rows = torch.arange(len(own), device=x.device)
+        # the point's own zero distance is in its class's sum, so divide by the other n_c - 1 members
+        a = dist_sum[rows, own] / (counts[own] - 1)
+        mean_dist = dist_sum / counts                                      # (b, K); empty classes: nan
+        mean_dist[rows, own] = math.inf
+        b = mean_dist.nan_to_num(nan=math.inf).min(1).values
+        s[i:i + batch_size] = ((b - a) / torch.maximum(a, b)).nan_to_num(nan=0.0)  # singletons: 0 / 0 -> 0
+    return s.mean().item()
+
+
+@torch.no_grad()
+def cluster_stats(features, labels):
+    """How tightly the classes cluster in feature space. Features (N, D), labels (N,) ints in [0, K) -> dict:
+
+    radius:          (K,) mean Euclidean distance of a class's points to the class centre (seed 000's
+                     measure); nan for a class with no points
+    spread:          mean distance of all points to the global centre
+    relative_radius: (K,) radius / spread, comparable between models whose features differ in scale
+    silhouette:      mean silhouette coefficient over all points (see `silhouette`)
+    """
+    x = features.flatten(1)
+    x = x if x.is_floating_point() else x.float()
+    labels = labels.to(x.device).long()
+    onehot = F.one_hot(labels).to(x.dtype)                                 # (N, K)
+    counts = onehot.sum(0)                                                 # (K,)
+    centres = (onehot.T @ x) / counts[:, None]                             # (K, D)
+    radius = (onehot.T @ (x - centres[labels]).norm(dim=1)) / counts       # (K,)
+    spread = (x - x.mean(0)).norm(dim=1).mean()
+    return {
+        "radius": radius,
+        "spread": spread.item(),
+        "relative_radius": radius / spread,
+        "silhouette": silhouette(x, labels),
+    }

@@ -1,0 +1,260 @@
+"""
+Tests for metrics.py: each metric against a hand computation and against the library that defines it
+(scikit-image for PSNR/SSIM, scikit-learn for t-SNE, silhouette and k-NN). CPU only, offline.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
+from sklearn.datasets import load_digits, make_blobs
+from sklearn.manifold import TSNE, trustworthiness
+from sklearn.metrics import silhouette_score
+from sklearn.neighbors import KNeighborsClassifier
+from threadpoolctl import threadpool_limits
+
+from conftest import fashion_mnist_images, needs_fashion_mnist
+import metrics
+
+
+
+def smooth_images(n, channels, size, seed=0):
+    """Images that look like images: random low-resolution shapes upsampled, plus a little noise."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, channels, size // 4, size // 4, generator=g)
+    x = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+    return (x + 0.03 * torch.randn(x.shape, generator=g)).clamp(0, 1).double()
+
+
+def degrade(x, seed=1):
+    """A plausible reconstruction of x: blurred a little, with noise."""
+    g = torch.Generator().manual_seed(seed)
+    blurred = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    return (blurred + 0.05 * torch.randn(x.shape, generator=g, dtype=x.dtype)).clamp(0, 1)
+
+
+def skimage_ssim(recon, target):
+    return np.array([structural_similarity(r, t, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                           data_range=1.0, channel_axis=0)
+                     for r, t in zip(recon.numpy(), target.numpy())])
+
+
+# -----------------------------------------------------------------------------
+# reconstruction metrics
+
+
+def test_mse_mae_psnr_by_hand():
+    target = torch.full((2, 1, 4, 4), 0.5)
+    recon = target.clone()
+    recon[0] = 0.0      # every pixel off by 0.5
+    recon[1, 0, 0, 0] = 1.0  # one pixel in 16 off by 0.5
+    assert torch.allclose(metrics.mse(recon, target), torch.tensor([0.25, 0.25 / 16]))
+    assert torch.allclose(metrics.mae(recon, target), torch.tensor([0.5, 0.5 / 16]))
+    assert torch.allclose(metrics.psnr(recon, target), torch.tensor([10 * math.log10(4), 10 * math.log10(64)]))
+    assert torch.allclose(metrics.psnr(target, target), torch.tensor(100.0))  # eps keeps a perfect match finite
+
+
+def test_mse_psnr_match_skimage():
+    target = smooth_images(8, 3, 32)
+    recon = degrade(target)
+    ours_mse, ours_psnr = metrics.mse(recon, target), metrics.psnr(recon, target)
+    for i in range(len(target)):
+        t, r = target[i].numpy(), recon[i].numpy()
+        assert ours_mse[i].item() == pytest.approx(mean_squared_error(t, r), rel=1e-12)
+        assert ours_psnr[i].item() == pytest.approx(peak_signal_noise_ratio(t, r, data_range=1.0), abs=1e-6)
+
+
+# -----------------------------------------------------------------------------
+# SSIM
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("size", [28, 32])
+def test_ssim_matches_skimage(channels, size):
+    target = smooth_images(6, channels, size)
+    recon = degrade(target)
+    ours = metrics.ssim(recon, target)
+    assert ours.shape == (6,)
+    assert np.allclose(ours.numpy(), skimage_ssim(recon, target), atol=1e-5, rtol=0)
+    # float32 inputs give the same numbers: the window sums run in float64 either way
+    assert np.allclose(metrics.ssim(recon.float(), target.float()).numpy(), skimage_ssim(recon, target),
+                       atol=1e-5, rtol=0)
+
+
+@needs_fashion_mnist
+def test_ssim_matches_skimage_on_fashion_mnist():
+    target = fashion_mnist_images("t10k", 32).double()
+    recon = degrade(target)
+    assert np.allclose(metrics.ssim(recon, target).numpy(), skimage_ssim(recon, target), atol=1e-5, rtol=0)
+
+
+def test_ssim_of_identical_images_is_one():
+    x = smooth_images(4, 3, 32)
+    assert torch.allclose(metrics.ssim(x, x), torch.ones(4, dtype=x.dtype), atol=1e-12)
+    worse = metrics.ssim(degrade(x, seed=2), x)
+    assert (worse < 1).all() and (worse > 0).all()
+
+
+def test_ssim_valid_region_does_not_depend_on_padding():
+    # skimage filters with mode='reflect' and crops 5 pixels; after the crop every mode agrees,
+    # which is why a convolution without padding reproduces it
+    x = smooth_images(1, 1, 28)[0, 0].numpy()
+    pad = 5
+    crops = [ndimage.gaussian_filter(x, 1.5, truncate=3.5, mode=mode)[pad:-pad, pad:-pad]
+             for mode in ("reflect", "constant", "nearest", "mirror", "wrap")]
+    for c in crops[1:]:
+        assert np.allclose(c, crops[0], atol=1e-14)
+
+
+def test_ssim_rejects_tiny_images():
+    with pytest.raises(ValueError):
+        metrics.ssim(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8))
+
+
+# -----------------------------------------------------------------------------
+# t-SNE
+
+
+@pytest.fixture
+def single_thread():
+    """scikit-learn's BLAS threads too (torch's are pinned to one in conftest.py): t-SNE runs thousands
+    of small parallel ops, and threads waiting for each other at every op cost more than they save."""
+    with threadpool_limits(1):
+        yield
+
+
+def test_perplexity_search_hits_target_entropy(single_thread):
+    x, _ = make_blobs(400, 20, centers=5, random_state=0)
+    for perplexity in (5.0, 30.0):
+        P = metrics.conditional_probabilities(torch.from_numpy(x), perplexity).double()
+        assert torch.allclose(P.sum(1), torch.ones(len(x), dtype=P.dtype), atol=1e-5)
+        assert (P.diagonal() == 0).all()
+        entropy = -torch.xlogy(P, P).sum(1)                                 # nats
+        assert (entropy - math.log(perplexity)).abs().max() < 1.1e-5
+
+
+def test_perplexity_search_matches_sklearn(single_thread):
+    from sklearn.manifold import _utils  # private, but it is the reference implementation
+    x, _ = make_blobs(300, 10, centers=4, random_state=1)
+    d = ((x[:, None] - x[None]) ** 2).sum(-1).astype(np.float32)
+    theirs = _utils._binary_search_perplexity(d, 30.0, 0)
+    ours = metrics.conditional_probabilities(torch.from_numpy(x), 30.0).numpy()
+    assert np.allclose(ours, theirs, atol=2e-5)
+
+
+@pytest.mark.parametrize("rows", [7, 64, 300])
+def test_tsne_gradient_matches_dense_formula(rows, single_thread):
+    g = torch.Generator().manual_seed(0)
+    N = 300
+    P = torch.rand(N, N, generator=g)
+    P = P + P.T
+    P.fill_diagonal_(0)
+    P /= P.sum()
+    Y = 5 * torch.randn(N, 2, generator=g) + 3
+    ours = metrics._tsne_gradient(P, Y, 12.0, rows).double()
+    Pd, Yd = P.double(), Y.double()
+    W = 1 / (1 + torch.cdist(Yd, Yd) ** 2)
+    W.fill_diagonal_(0)
+    A = (12.0 * Pd - W / W.sum()) * W                                       # (N, N)
+    dense = 4 * (A.sum(1, keepdim=True) * Yd - A @ Yd)                      # 4 sum_j a_ij (y_i - y_j)
+    assert torch.allclose(ours, dense, rtol=0, atol=1e-5 * dense.abs().max().item())
+
+
+def test_tsne_as_trustworthy_as_sklearn(single_thread):
+    x = load_digits().data[:500].astype(np.float32)
+    ours = metrics.tsne(torch.from_numpy(x), perplexity=30.0, seed=0)
+    assert ours.shape == (500, 2) and ours.dtype == np.float32
+    theirs = TSNE(n_components=2, perplexity=30.0, init="pca", random_state=0).fit_transform(x)
+    t_ours = trustworthiness(x, ours, n_neighbors=10)
+    t_theirs = trustworthiness(x, theirs, n_neighbors=10)
+    assert t_ours >= t_theirs - 0.01, (t_ours, t_theirs)
+
+
+def test_tsne_is_deterministic(single_thread):
+    x, _ = make_blobs(200, 50, centers=4, random_state=0)
+    x = torch.from_numpy(x)
+    a = metrics.tsne(x, n_iter=300, seed=0)
+    b = metrics.tsne(x, n_iter=300, seed=0)
+    assert np.array_equal(a, b)
+    r1 = metrics.tsne(x, dim=3, n_iter=300, seed=1, init="random")
+    r2 = metrics.tsne(x, dim=3, n_iter=300, seed=1, init="random")
+    r3 = metrics.tsne(x, dim=3, n_iter=300, seed=2, init="random")
+    assert r1.shape == (200, 3) and np.array_equal(r1, r2) and not np.array_equal(r1, r3)
+
+
+def test_tsne_separates_blobs(single_thread):
+    x, y = make_blobs(300, 50, centers=3, cluster_std=1.0, random_state=3)
+    emb = metrics.tsne(torch.from_numpy(x), perplexity=20.0, n_iter=500)
+    assert silhouette_score(emb, y) > 0.7
+
+
+def test_tsne_rejects_perplexity_above_n():
+    with pytest.raises(ValueError):
+        metrics.tsne(torch.randn(20, 5), perplexity=30.0)
+
+
+# -----------------------------------------------------------------------------
+# cluster statistics and k-NN
+
+
+def test_cluster_stats_radius_by_hand():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 500)
+    x = rng.normal(size=(500, 16)) * (1 + labels[:, None]) + 10 * labels[:, None]  # class c has scale 1 + c
+    stats = metrics.cluster_stats(torch.from_numpy(x), torch.from_numpy(labels))
+    radius = np.array([np.linalg.norm(x[labels == c] - x[labels == c].mean(0), axis=1).mean() for c in range(4)])
+    spread = np.linalg.norm(x - x.mean(0), axis=1).mean()
+    assert np.allclose(stats["radius"].numpy(), radius, rtol=1e-10)
+    assert stats["spread"] == pytest.approx(spread, rel=1e-10)
+    assert np.allclose(stats["relative_radius"].numpy(), radius / spread, rtol=1e-10)
+    assert np.all(np.diff(radius) > 0)  # the classes really differ in size
+    # a model whose features are 10x larger gets the same relative radius
+    scaled = metrics.cluster_stats(torch.from_numpy(10 * x), torch.from_numpy(labels))
+    assert np.allclose(scaled["relative_radius"].numpy(), stats["relative_radius"].numpy(), rtol=1e-10)
+
+
+def test_silhouette_matches_sklearn():
+    x, y = make_blobs(700, 8, centers=5, cluster_std=3.0, random_state=0)
+    y[0] = 5  # a class of one point: its silhouette is 0
+    expected = silhouette_score(x, y, metric="euclidean")
+    assert metrics.silhouette(torch.from_numpy(x), torch.from_numpy(y), batch_size=128) == pytest.approx(
+        expected, abs=1e-10)
+    ours32 = metrics.cluster_stats(torch.from_numpy(x).float(), torch.from_numpy(y))["silhouette"]
+    assert ours32 == pytest.approx(expected, abs=1e-5)
+
+
+def knn_by_hand(train_x, train_y, test_x, k, num_classes):
+    """Similarity-weighted vote of the k most cosine-similar training points, in numpy."""
+    a = train_x / np.linalg.norm(train_x, axis=1, keepdims=True)
+    b = test_x / np.linalg.norm(test_x, axis=1, keepdims=True)
+    sim = b @ a.T
+    pred = []
+    for row in sim:
+        top = np.argsort(-row)[:k]
+        pred.append(np.bincount(train_y[top], weights=row[top], minlength=num_classes).argmax())
+    return np.array(pred)
+
+
+def test_knn_accuracy_matches_hand_computation():
+    # overlapping classes, so neighbours disagree and the weighting matters
+    x, y = make_blobs(1200, 16, centers=6, cluster_std=6.0, random_state=0)
+    train_x, train_y, test_x, test_y = x[:1000], y[:1000], x[1000:], y[1000:]
+    expected = (knn_by_hand(train_x, train_y, test_x, 20, 6) == test_y).mean()
+    ours = metrics.knn_accuracy(torch.from_numpy(train_x), torch.from_numpy(train_y), torch.from_numpy(test_x),
+                                torch.from_numpy(test_y), k=20, batch_size=64)
+    assert 0.2 < expected < 1.0
+    assert ours == pytest.approx(expected, abs=1e-12)
+
+
+def test_knn_accuracy_matches_sklearn_on_separated_classes():
+    # well-separated classes: every neighbour agrees, so similarity weights cannot change a vote
+    x, y = make_blobs(600, 32, centers=5, cluster_std=0.5, random_state=0)
+    x = x - x.mean(0)
+    train_x, train_y, test_x, test_y = x[:500], y[:500], x[500:], y[500:]
+    sk = KNeighborsClassifier(n_neighbors=20, metric="cosine", weights="uniform").fit(train_x, train_y)
+    expected = sk.score(test_x, test_y)
+    ours = metrics.knn_accuracy(torch.from_numpy(train_x), torch.from_numpy(train_y), torch.from_numpy(test_x),
+                                torch.from_numpy(test_y), k=20)
+    assert ours == pytest.approx(expected, abs=1e-12)
