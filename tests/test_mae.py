@@ -1,28 +1,14 @@
 """Tests for mae.py: patches, masking, attention, positions, the loss, and that the MAE learns."""
-import gzip
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mae import (MAE, Attention, Block, MAEConfig, patchify, random_masking,  # noqa: E402
+from conftest import fashion_mnist_images, needs_fashion_mnist
+from mae import (MAE, Attention, Block, MAEConfig, patchify, random_masking,
                  sincos_pos_embed_2d, unpatchify)
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Models this small run faster on one thread than on two that keep waiting for each other
-    (many times faster on a busy machine), which keeps the file fast."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_config(**kw):
@@ -339,20 +325,11 @@ def test_overfits_one_batch():
     assert loss < 0.25 * baseline, (loss, baseline)
 
 
-def read_idx_images(path, n):
-    """First n images of a gzipped IDX file as floats in [0, 1]: (n, 1, 28, 28)."""
-    with gzip.open(path, "rb") as f:
-        data = f.read(16 + n * 28 * 28)  # 16-byte header: magic, count, rows, cols
-    pixels = np.frombuffer(data, dtype=np.uint8, offset=16).reshape(n, 1, 28, 28)
-    return torch.from_numpy(pixels.astype(np.float32) / 255)
-
-
-@pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").exists(),
-                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+@needs_fashion_mnist
 def test_pretraining_on_fashion_mnist_lowers_held_out_loss():
     torch.manual_seed(0)
-    train = read_idx_images(FASHION / "train-images-idx3-ubyte.gz", 4000)
-    test = read_idx_images(FASHION / "t10k-images-idx3-ubyte.gz", 500)
+    train = fashion_mnist_images("train", 4000)
+    test = fashion_mnist_images("t10k", 500)
     model = MAE(tiny_config(embed_dim=64, decoder_embed_dim=64))
     # two guesses that need no model: the mean training pixel everywhere, and the mean training image
     constant = train.mean().expand(len(test), 49, 16)

@@ -1,19 +1,13 @@
 """MCAE: the masks (ratio, blocks, per image), the two losses, mask_ratio 0, and filling real images."""
-import gzip
-import os
-import sys
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ae import AE, AEConfig
+from conftest import fashion_mnist_images, needs_fashion_mnist
+from mcae import MCAE, MCAEConfig, hidden_psnr, random_mask
 
-from ae import AE, AEConfig  # noqa: E402
-from mcae import MCAE, MCAEConfig, hidden_psnr, random_mask  # noqa: E402
-
-FASHION_MNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
 
 
 def small_config(in_channels=1, image_size=28, **kw):
@@ -168,34 +162,21 @@ def test_unknown_settings_are_refused():
 # real images: the MCAE learns to fill blocks from context
 
 
-def load_idx_images(path, n):
-    """The first n images of a gzipped IDX file as floats in [0, 1]: -> (n, 1, 28, 28)."""
-    with gzip.open(path, "rb") as f:
-        data = np.frombuffer(f.read(), dtype=np.uint8, offset=16)  # 16-byte header, then pixels
-    images = torch.from_numpy(data[: n * 784].copy()).view(n, 1, 28, 28)
-    return images.float() / 255
-
-
-@pytest.mark.skipif(not os.path.exists(FASHION_MNIST), reason="Fashion-MNIST not installed")
+@needs_fashion_mnist
 def test_fills_hidden_blocks_better_than_the_mean_visible_value():
     torch.manual_seed(0)
-    images = load_idx_images(FASHION_MNIST, 21_000)
+    images = fashion_mnist_images("train", 21_000)
     train, held_out = images[:20_000], images[20_000:]
 
     model = MCAE(MCAEConfig(in_channels=1, image_size=28, channels=(16, 32, 64), latent_channels=16,
                             mask_type="block", mask_ratio=0.5, block_size=8))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small convs: one thread is faster than several fighting over two cores
-    try:
-        for step in range(300):
-            idx = torch.randint(len(train), (128,))
-            loss, _ = model(train[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    finally:
-        torch.set_num_threads(threads)
+    for step in range(300):
+        idx = torch.randint(len(train), (128,))
+        loss, _ = model(train[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
 
     model.eval()
     with torch.no_grad():

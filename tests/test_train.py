@@ -1,0 +1,240 @@
+"""train.py end to end on tiny datasets written in torchvision's formats, and on real data when present."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+from ae import AE, AEConfig
+from conftest import needs_fashion_mnist
+from dae import DAE, DAEConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(data_dir, out_dir, *flags):
+    train.main(["--data-dir", data_dir, "--out-dir", str(out_dir), "--device", "cpu", "--batch-size", "32",
+                *flags])
+    with open(os.path.join(out_dir, "results.json")) as f:
+        return json.load(f)
+
+
+# -----------------------------------------------------------------------------
+# data
+
+
+@pytest.mark.parametrize("dataset,shape", [("mnist", (1, 28, 28)), ("fashion-mnist", (1, 28, 28)),
+                                           ("cifar10", (3, 32, 32)), ("cifar10-jitter", (3, 32, 32))])
+def test_load_data_reads_torchvision_files(data_dir, dataset, shape):
+    data = train.load_data(dataset, data_dir, "cpu", seed=0)
+    assert data.train_x.dtype == torch.uint8 and data.train_x.shape[1:] == shape
+    assert len(data.train_x) in (64, 80) and len(data.test_x) in (32, 16)
+    assert data.train_y.dtype == torch.long and 0 <= data.train_y.min() and data.train_y.max() < 10
+    assert len(data.classes) == 10
+
+
+def test_train_size_takes_the_first_images(data_dir):
+    full = train.load_data("mnist", data_dir, "cpu")
+    part = train.load_data("mnist", data_dir, "cpu", train_size=10)
+    assert torch.equal(part.train_x, full.train_x[:10])
+
+
+def test_jittered_test_set_is_fixed_by_the_seed(data_dir):
+    plain = train.load_data("cifar10", data_dir, "cpu")
+    a = train.load_data("cifar10-jitter", data_dir, "cpu", seed=0)
+    b = train.load_data("cifar10-jitter", data_dir, "cpu", seed=0)
+    c = train.load_data("cifar10-jitter", data_dir, "cpu", seed=1)
+    assert torch.equal(a.test_x, b.test_x)
+    assert not torch.equal(a.test_x, c.test_x) and not torch.equal(a.test_x, plain.test_x)
+
+
+def test_color_jitter_differs_per_image_and_stays_in_range():
+    x = torch.rand(1, 3, 8, 8).expand(16, 3, 8, 8)  # the same image sixteen times
+    y = train.color_jitter(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+    per_image_mean = y.mean((1, 2, 3))
+    assert per_image_mean.std() > 0.02  # brightness alone moves the mean by up to +-50%
+    assert len(torch.unique(per_image_mean)) == 16
+
+
+def test_color_jitter_hue_only_keeps_gray_gray():
+    """A hue rotation moves colours around the gray axis: a gray image must stay (nearly) gray."""
+    gray = torch.full((8, 3, 4, 4), 0.5)
+    y = train.color_jitter(gray, torch.Generator().manual_seed(0))
+    assert (y.max(1).values - y.min(1).values).max() < 1e-5
+
+
+def test_missing_dataset_is_one_clear_line(tmp_path):
+    result = subprocess.run([sys.executable, "train.py", "--model", "ae", "--dataset", "mnist",
+                             "--data-dir", str(tmp_path / "empty"), "--out-dir", str(tmp_path / "out")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: mnist is not in") and str(tmp_path / "empty") in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_model_lists_the_choices(capsys):
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(["--model", "gan", "--dataset", "mnist"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'gan'" in err and all(f"'{name}'" in err for name in ("ae", "dae", "vae", "mcae", "mae"))
+
+
+def test_unknown_eval_protocol_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--model", "ae", "--dataset", "mnist", "--eval", "linear,svm"])
+    assert "svm" in capsys.readouterr().err
+
+
+# -----------------------------------------------------------------------------
+# models
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+@pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
+def test_ae_shapes_and_contract(arch, channels, size):
+    model = AE(AEConfig(in_channels=channels, image_size=size, arch=arch))
+    x = torch.rand(5, channels, size, size)
+    loss, out = model(x)
+    assert loss.ndim == 0 and out["recon"].shape == x.shape and torch.equal(out["input"], x)
+    assert 0 <= out["recon"].min() and out["recon"].max() <= 1
+    z = model.encode(x)
+    assert z.shape == (5, int(torch.tensor(model.latent_shape).prod()))
+    assert torch.allclose(model.decode(z), out["recon"], atol=1e-6)
+
+
+def test_seed_latent_shapes_are_expressible():
+    """000's DAE latents: 8x3x3 on MNIST, 48x4x4 on CIFAR-10; 003's deep MLP ends in z."""
+    assert AE(AEConfig(1, 28, channels=(16, 32, 64), latent_channels=8)).latent_shape == (8, 3, 3)
+    assert AE(AEConfig(3, 32, latent_channels=48)).latent_shape == (48, 4, 4)
+    deep = AE(AEConfig(1, 28, arch="mlp", hidden=(656, 512, 256, 128), latent_dim=15))
+    widths = [m.out_features for m in deep.encoder.modules() if isinstance(m, torch.nn.Linear)]
+    assert widths == [656, 512, 256, 128, 15]
+
+
+def test_l1_penalty_adds_to_the_loss():
+    x = torch.rand(4, 1, 28, 28)
+    torch.manual_seed(0)
+    plain = AE(AEConfig(arch="mlp"))
+    sparse = AE(AEConfig(arch="mlp", l1=0.5))
+    sparse.load_state_dict(plain.state_dict())
+    loss_plain, out = plain(x)
+    loss_sparse, _ = sparse(x)
+    assert torch.allclose(loss_sparse, loss_plain + 0.5 * out["l1"])
+
+
+def test_dae_noise_statistics():
+    model = DAE(DAEConfig(noise_std=0.1))
+    x = torch.full((64, 1, 28, 28), 0.5)  # far from 0 and 1, so clipping does not bend the statistics
+    noisy, mask = model.corrupt(x)
+    noise = noisy - x
+    assert mask is None
+    assert abs(noise.mean().item()) < 0.003
+    assert abs(noise.std().item() - 0.1) < 0.003
+    clipped, _ = DAE(DAEConfig(noise_std=1.0)).corrupt(x)
+    assert clipped.min() == 0 and clipped.max() == 1
+
+
+# -----------------------------------------------------------------------------
+# end to end
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist", "cifar10", "cifar10-jitter"])
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_train_end_to_end(data_dir, tmp_path, dataset, arch):
+    out = tmp_path / "run"
+    results = run(data_dir, out, "--model", "dae", "--dataset", dataset, "--arch", arch, "--epochs", "2",
+                  "--eval", "linear,knn,finetune", "--finetune-epochs", "1", "--head", "mlp")
+    for key in ("mse", "mae", "psnr", "ssim", "linear_acc", "knn_acc", "finetune_acc"):
+        assert key in results
+    for key in ("linear_acc", "knn_acc", "finetune_acc"):
+        assert 0 <= results[key] <= 1
+    log = [json.loads(line) for line in open(out / "log.jsonl")]
+    assert [e["epoch"] for e in log] == [1, 2]
+    assert set(log[0]) >= {"epoch", "train_loss", "test_loss", "psnr", "ssim", "seconds"}
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["model_name"] == "dae" and "optimizer" in ckpt
+
+
+def test_resume_gives_the_same_weights(data_dir, tmp_path, monkeypatch):
+    flags = ["--model", "dae", "--dataset", "mnist", "--epochs", "3", "--eval", "", "--seed", "7"]
+    run(data_dir, tmp_path / "straight", *flags)
+
+    saves = []
+    real_save = train.save_atomic
+
+    def crash_after_first_epoch(obj, path):
+        real_save(obj, path)
+        saves.append(path)
+        if len(saves) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "save_atomic", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run(data_dir, tmp_path / "interrupted", *flags)
+    monkeypatch.setattr(train, "save_atomic", real_save)
+    run(data_dir, tmp_path / "interrupted", *flags, "--resume")
+
+    a = torch.load(tmp_path / "straight" / "ckpt.pt", weights_only=True)
+    b = torch.load(tmp_path / "interrupted" / "ckpt.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    log = [json.loads(line) for line in open(tmp_path / "interrupted" / "log.jsonl")]
+    assert [e["epoch"] for e in log] == [1, 2, 3]
+
+
+def test_resume_without_checkpoint(data_dir, tmp_path):
+    with pytest.raises(train.DataError, match="no checkpoint"):
+        run(data_dir, tmp_path / "nothing", "--model", "ae", "--dataset", "mnist", "--resume")
+
+
+def test_resume_with_another_model_or_shape(data_dir, tmp_path):
+    run(data_dir, tmp_path / "r", "--model", "ae", "--dataset", "mnist", "--epochs", "1", "--eval", "")
+    with pytest.raises(train.DataError, match="holds a ae model, not dae"):
+        run(data_dir, tmp_path / "r", "--model", "dae", "--dataset", "mnist", "--resume")
+    with pytest.raises(train.DataError, match="latent_channels: 32 -> 4"):
+        run(data_dir, tmp_path / "r", "--model", "ae", "--dataset", "mnist", "--resume", "--latent-channels", "4")
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "nan"
+    run(data_dir, out, "--model", "ae", "--dataset", "mnist", "--epochs", "1", "--eval", "")
+    good = torch.load(out / "ckpt.pt", weights_only=True)
+    monkeypatch.setattr(AE, "reconstruction_loss", lambda self, recon, x, mask: recon.sum() * float("nan"))
+    with pytest.raises(FloatingPointError, match="epoch 2"):
+        run(data_dir, out, "--model", "ae", "--dataset", "mnist", "--epochs", "2", "--eval", "", "--resume")
+    kept = torch.load(out / "ckpt.pt", weights_only=True)
+    assert kept["epoch"] == 1
+    for key in good["model"]:
+        assert torch.equal(good["model"][key], kept["model"][key])
+
+
+def test_help_shows_defaults():
+    text = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300).stdout
+    for flag in ("--model", "--dataset", "--data-dir", "--out-dir", "--epochs", "--batch-size", "--lr", "--seed",
+                 "--device", "--train-size", "--eval", "--finetune-epochs", "--resume", "--arch", "--latent-dim",
+                 "--noise-std", "--mask-ratio", "--patch-size"):
+        assert flag in text
+    assert "(default: 20)" in text and "(default: 256)" in text
+
+
+# -----------------------------------------------------------------------------
+# real data: the model really learns
+
+
+@needs_fashion_mnist
+def test_conv_dae_learns_real_fashion_mnist(tmp_path):
+    out = tmp_path / "real"
+    train.main(["--model", "dae", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "data"),
+                "--out-dir", str(out), "--device", "cpu", "--epochs", "1", "--train-size", "10000",
+                "--batch-size", "32", "--schedule", "constant", "--eval", "linear", "--noise-std", "0.316"])
+    results = json.load(open(out / "results.json"))
+    assert results["psnr"] > results["psnr_input"] + 3, results
+    assert results["linear_acc"] >= 0.70, results
