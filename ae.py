@@ -14,7 +14,6 @@ shows it the clean image; the DAE (dae.py) adds noise; the MCAE (mcae.py) hides 
 """
 from dataclasses import dataclass
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
