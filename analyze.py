@@ -26,6 +26,7 @@ Everything is computed on a fixed subset of the test set (a few images per figur
 class for t-SNE), so a handful of runs takes a few minutes on a CPU.
 """
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -488,16 +489,27 @@ def plot_vae_samples(run, n=8):
                        title=f"{run.name}: {n * n} samples, z ~ N(0, I) decoded", cell=0.8)
 
 
-@torch.no_grad()
-def masked_reconstruction(model, x, mask_ratio):
-    """Input, reconstruction and mask of a masked model at another mask ratio than it was trained with."""
-    trained = model.config.mask_ratio
-    model.config.mask_ratio = mask_ratio  # both MCAE.corrupt and MAE.forward read the ratio from here
+@contextlib.contextmanager
+def mask_settings(model, **settings):
+    """Change a masked model's mask settings for a while: MCAE.corrupt and MAE.forward read them from
+    model.config on every call."""
+    saved = {name: getattr(model.config, name) for name in settings}
+    for name, value in settings.items():
+        setattr(model.config, name, value)
     try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(model.config, name, value)
+
+
+@torch.no_grad()
+def masked_reconstruction(model, x, **settings):
+    """Input, reconstruction and mask of a masked model under other mask settings than it was trained
+    with. The seed is fixed, so two models given the same settings see the same masks."""
+    with mask_settings(model, **settings):
         torch.manual_seed(0)
         _, out = model(x)
-    finally:
-        model.config.mask_ratio = trained
     return out["input"], out["recon"], out["mask"]
 
 
@@ -508,7 +520,7 @@ def plot_error_heatmaps(run, n=6):
     x = test_images(run, class_indices(run.data.test_y, n))
     rows, row_labels, errors = [], [], []
     for ratio in MASK_RATIOS:
-        inp, recon, mask = masked_reconstruction(run.model, x, ratio)
+        inp, recon, mask = masked_reconstruction(run.model, x, mask_ratio=ratio)
         error = (recon - x).pow(2).mean(1)  # (n, H, W), averaged over channels
         psnr = torch.nanmean(hidden_psnr(recon, x, mask)).item()
         rows += [list(mark_hidden(inp, mask)), list(recon), list(error)]
@@ -782,6 +794,33 @@ def reconstruction_section(runs):
     return lines
 
 
+@torch.no_grad()
+def filling_section(runs, n=1000):
+    """What training with masks buys (002): each MCAE against the plain AE (an MCAE run with mask ratio 0
+    of the same dataset) given the very same masked test images."""
+    plain = {run.args["dataset"]: run for run in runs if run.kind == "mcae" and run.model.config.mask_ratio == 0}
+    rows = []
+    for run in runs:
+        config = run.model.config
+        if run.kind != "mcae" or config.mask_ratio == 0 or run.args["dataset"] not in plain:
+            continue
+        x = test_images(run, torch.arange(min(n, len(run.data.test_x))))
+        settings = dict(mask_type=config.mask_type, mask_ratio=config.mask_ratio, block_size=config.block_size)
+        row = [run.name, f"{config.mask_type} {config.mask_ratio}"]
+        for model in (run.model, plain[run.args["dataset"]].model):
+            _, recon, mask = masked_reconstruction(model, x, **settings)
+            psnr_hidden = torch.nanmean(hidden_psnr(recon, x, mask)).item()
+            row += [fmt(metrics.psnr(recon, x).mean().item(), 2), fmt(psnr_hidden, 2)]
+        rows.append(row)
+    if not rows:
+        return []
+    return ["## Filling in hidden pixels: MCAE against the plain AE", "",
+            f"PSNR (dB) over all pixels and over the hidden ones, on the first {n} test images masked the "
+            "same way for both models (the plain AE is the MCAE run trained with mask ratio 0).", "",
+            table(["run", "mask", "MCAE PSNR", "MCAE hidden PSNR", "plain AE PSNR", "plain AE hidden PSNR"], rows),
+            ""]
+
+
 def cluster_section(runs):
     """000's cluster radius per class, in the t-SNE embedding and in the latent space; one table per
     dataset, since the classes differ."""
@@ -821,7 +860,7 @@ def figures_section(runs, comparison_figures, out_dir):
 
 def write_report(runs, comparison_figures, out_dir):
     lines = (["# nanoAE report", "", summary(runs), ""] + runs_section(runs) + accuracy_section(runs)
-             + reconstruction_section(runs) + cluster_section(runs)
+             + reconstruction_section(runs) + filling_section(runs) + cluster_section(runs)
              + figures_section(runs, comparison_figures, out_dir))
     path = os.path.join(out_dir, "report.md")
     with open(path, "w") as f:

@@ -207,10 +207,30 @@ def test_masked_reconstruction_at_other_ratios(model):
     x = torch.rand(8, 1, 28, 28)
     trained = model.config.mask_ratio
     for ratio in analyze.MASK_RATIOS:
-        inp, recon, mask = analyze.masked_reconstruction(model.eval(), x, ratio)
+        inp, recon, mask = analyze.masked_reconstruction(model.eval(), x, mask_ratio=ratio)
         assert mask.mean().item() == pytest.approx(ratio, abs=0.08)
         assert torch.equal(inp, x * (1 - mask)) and recon.shape == x.shape
     assert model.config.mask_ratio == trained  # put back
+
+
+def test_same_masks_for_the_mcae_and_the_plain_ae():
+    """The filling table compares models on the very same masked images: same settings, same masks."""
+    x = torch.rand(8, 1, 28, 28)
+    mcae = MCAE(MCAEConfig(mask_type="block", mask_ratio=0.5)).eval()
+    plain = MCAE(MCAEConfig(mask_ratio=0, mask_type="pixel")).eval()
+    settings = dict(mask_type="block", mask_ratio=0.5, block_size=8)
+    inp_a, _, mask_a = analyze.masked_reconstruction(mcae, x, **settings)
+    inp_b, _, mask_b = analyze.masked_reconstruction(plain, x, **settings)
+    assert torch.equal(mask_a, mask_b) and torch.equal(inp_a, inp_b) and mask_a.any()
+    assert plain.config.mask_ratio == 0 and plain.config.mask_type == "pixel"  # put back
+
+
+def test_report_compares_masked_filling_with_the_plain_ae(analysed):
+    root, runs = analysed
+    report = (root / "runs" / "report.md").read_text()
+    section = report.split("## Filling in hidden pixels")[1].split("\n## ")[0]
+    assert "| mcae-pixel | pixel 0.5 |" in section and "| mcae-block | block 0.5 |" in section
+    assert "mcae-identity |" not in section
 
 
 def test_images_are_picked_one_class_after_another():
