@@ -238,3 +238,11 @@ def test_conv_dae_learns_real_fashion_mnist(tmp_path):
     results = json.load(open(out / "results.json"))
     assert results["psnr"] > results["psnr_input"] + 3, results
     assert results["linear_acc"] >= 0.70, results
+
+
+def test_epochs_0_fine_tunes_from_scratch(data_dir, tmp_path):
+    """The from-scratch baseline: no pretraining, the same fine-tuning."""
+    results = run(data_dir, tmp_path / "scratch", "--model", "mae", "--dataset", "mnist", "--epochs", "0",
+                  "--eval", "finetune", "--finetune-epochs", "1", "--embed-dim", "32", "--depth", "1")
+    assert 0 <= results["finetune_acc"] <= 1 and results["epochs"] == 0
+    assert not (tmp_path / "scratch" / "ckpt.pt").exists()
