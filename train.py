@@ -283,7 +283,8 @@ def train_classifier(param_groups, forward, inputs, labels, epochs, batch_size, 
     total = epochs * steps_per_epoch
     for epoch in range(epochs):
         perm = torch.randperm(len(inputs), device=inputs.device)
-        t0, total_loss = time.time(), 0.0
+        t0 = last_print = time.time()
+        total_loss = 0.0
         for i, s in enumerate(batches(len(inputs), batch_size)):
             scale = lr_at(epoch * steps_per_epoch + i, total, 0, 1.0, "cosine")
             for group in optimizer.param_groups:
@@ -296,6 +297,9 @@ def train_classifier(param_groups, forward, inputs, labels, epochs, batch_size, 
             loss.backward()
             optimizer.step()
             total_loss += loss.item()
+            if log_prefix and time.time() - last_print > 30:  # a line now and then during long epochs
+                print(f"  {log_prefix} step {i + 1}/{steps_per_epoch} | loss {loss.item():.4f}", flush=True)
+                last_print = time.time()
         if log_prefix:
             print(f"{log_prefix} epoch {epoch + 1}/{epochs} | loss {total_loss / steps_per_epoch:.4f} "
                   f"| {time.time() - t0:.1f}s")
