@@ -636,10 +636,15 @@ def plot_psnr_vs_noise(runs, path, n=1000):
     return save(fig, path)
 
 
+def is_plain_ae(run):
+    """An AE run, or an MCAE run with nothing masked (the same model)."""
+    return run.kind == "ae" or (run.kind == "mcae" and run.model.config.mask_ratio == 0)
+
+
 @torch.no_grad()
 def plot_vae_vs_ae(runs, path):
     for vae in (run for run in runs if run.kind == "vae"):
-        ae = next((run for run in runs if run.kind == "ae" and run.args["dataset"] == vae.args["dataset"]), None)
+        ae = next((run for run in runs if is_plain_ae(run) and run.args["dataset"] == vae.args["dataset"]), None)
         if ae is None:
             continue
         x = test_images(vae, class_indices(vae.data.test_y, N_IMAGES))
@@ -647,7 +652,8 @@ def plot_vae_vs_ae(runs, path):
         for run in (vae, ae):
             recon = run.model(x)[1]["recon"]
             rows.append(list(recon))
-            labels.append(f"{run.kind.upper()} ({run.name})\nPSNR {metrics.psnr(recon, x).mean().item():.1f} dB")
+            psnr = metrics.psnr(recon, x).mean().item()
+            labels.append(f"{'VAE' if run is vae else 'AE'} ({run.name})\nPSNR {psnr:.1f} dB")
         return grid_figure(rows, path, labels, title="VAE against AE reconstructions of the same test images")
     return None
 
