@@ -666,7 +666,10 @@ def three_level_runs(runs):
             continue
         config = run.model.config
         level = "identity" if config.mask_ratio == 0 else config.mask_type
-        by_dataset.setdefault(run.args["dataset"], {}).setdefault(level, run)
+        levels = by_dataset.setdefault(run.args["dataset"], {})
+        # of several runs of one level (a sweep of ratios), show the most masked: 001's ratio 0.5
+        if level not in levels or config.mask_ratio > levels[level].model.config.mask_ratio:
+            levels[level] = run
     for levels in by_dataset.values():
         if len(levels) == 3:
             return [levels["identity"], levels["pixel"], levels["block"]]
