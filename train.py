@@ -622,7 +622,8 @@ def main(argv=None):
     with open(os.path.join(args.out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     print("results: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items() if isinstance(v, float)))
-    print(f"wrote {args.out_dir}/ckpt.pt, log.jsonl, results.json")
+    written = "ckpt.pt, log.jsonl, results.json" if os.path.exists(ckpt_path) else "results.json (nothing pretrained)"
+    print(f"wrote {args.out_dir}/{written}")
 
 
 if __name__ == "__main__":
