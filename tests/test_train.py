@@ -67,6 +67,57 @@ def test_color_jitter_hue_only_keeps_gray_gray():
     assert (y.max(1).values - y.min(1).values).max() < 1e-5
 
 
+def shifted(image, dy, dx):
+    """image moved dy rows down and dx columns right, zeros coming in: the reference for the augmentation."""
+    out = torch.zeros_like(image)
+    H, W = image.shape[-2:]
+    out[..., max(dy, 0):H + min(dy, 0), max(dx, 0):W + min(dx, 0)] = \
+        image[..., max(-dy, 0):H + min(-dy, 0), max(-dx, 0):W + min(-dx, 0)]
+    return out
+
+
+def test_random_shift_flip_moves_each_image_by_at_most_the_shift():
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 8, 8)
+    y = train.random_shift_flip(x, max_shift=2, flip=False)
+    moves = set()
+    for a, b in zip(x, y):
+        found = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if torch.equal(shifted(a, dy, dx), b)]
+        assert len(found) == 1
+        moves.add(found[0])
+    assert len(moves) > 10  # drawn per image, not once per batch
+    assert torch.equal(train.random_shift_flip(x, max_shift=0, flip=False), x)
+
+
+def test_random_shift_flip_mirrors_about_half():
+    torch.manual_seed(0)
+    x = torch.rand(200, 1, 5, 5)
+    y = train.random_shift_flip(x, max_shift=0, flip=True)
+    mirrored = torch.tensor([torch.equal(b, a.flip(-1)) for a, b in zip(x, y)])
+    kept = torch.tensor([torch.equal(b, a) for a, b in zip(x, y)])
+    assert (mirrored ^ kept).all() and 70 < mirrored.sum() < 130
+
+
+@pytest.mark.parametrize("dataset,flip", [("mnist", False), ("fashion-mnist", True)])
+def test_finetune_flips_all_but_digits(data_dir, tmp_path, monkeypatch, dataset, flip):
+    seen = []
+    monkeypatch.setattr(train, "random_shift_flip", lambda x, flip: seen.append(flip) or x)
+    run(data_dir, tmp_path, "--model", "ae", "--dataset", dataset, "--epochs", "0", "--eval", "finetune",
+        "--finetune-epochs", "1")
+    assert seen and set(seen) == {flip}
+    seen.clear()
+    run(data_dir, tmp_path, "--model", "ae", "--dataset", dataset, "--epochs", "0", "--eval", "finetune",
+        "--finetune-epochs", "1", "--augment", "none")
+    assert not seen
+
+
+def test_bf16_precision_trains_on_cpu(data_dir, tmp_path):
+    results = run(data_dir, tmp_path, "--model", "mae", "--dataset", "mnist", "--epochs", "1", "--precision", "bf16",
+                  "--eval", "finetune", "--finetune-epochs", "1", "--embed-dim", "32", "--depth", "1")
+    assert all(v == v for v in results.values() if isinstance(v, float))  # no NaN
+    assert results["psnr"] > 5 and 0 <= results["finetune_acc"] <= 1
+
+
 def test_missing_dataset_is_one_clear_line(tmp_path):
     result = subprocess.run([sys.executable, "train.py", "--model", "ae", "--dataset", "mnist",
                              "--data-dir", str(tmp_path / "empty"), "--out-dir", str(tmp_path / "out")],
@@ -220,7 +271,7 @@ def test_help_shows_defaults():
                           timeout=300).stdout
     for flag in ("--model", "--dataset", "--data-dir", "--out-dir", "--epochs", "--batch-size", "--lr", "--seed",
                  "--device", "--train-size", "--eval", "--finetune-epochs", "--resume", "--arch", "--latent-dim",
-                 "--noise-std", "--mask-ratio", "--patch-size"):
+                 "--noise-std", "--mask-ratio", "--patch-size", "--precision", "--augment", "--label-smoothing"):
         assert flag in text
     assert "(default: 20)" in text and "(default: 256)" in text
 
