@@ -128,33 +128,38 @@ def single_thread():
 def test_perplexity_search_hits_target_entropy(single_thread):
     x, _ = make_blobs(400, 20, centers=5, random_state=0)
     for perplexity in (5.0, 30.0):
-        P = metrics.conditional_probabilities(torch.from_numpy(x), perplexity).double()
-        assert torch.allclose(P.sum(1), torch.ones(len(x), dtype=P.dtype), atol=1e-5)
-        assert (P.diagonal() == 0).all()
-        entropy = -torch.xlogy(P, P).sum(1)                                 # nats
+        P, neighbors = metrics.conditional_probabilities(torch.from_numpy(x), perplexity)
+        assert P.shape == neighbors.shape == (400, int(3 * perplexity + 1))
+        assert torch.allclose(P.double().sum(1), torch.ones(len(x), dtype=torch.float64), atol=1e-5)
+        assert (neighbors != torch.arange(len(x))[:, None]).all()         # nobody is their own neighbour
+        entropy = -torch.xlogy(P.double(), P.double()).sum(1)              # nats
         assert (entropy - math.log(perplexity)).abs().max() < 1.1e-5
 
 
 def test_perplexity_search_matches_sklearn(single_thread):
     from sklearn.manifold import _utils  # private, but it is the reference implementation
+    from sklearn.neighbors import NearestNeighbors
     x, _ = make_blobs(300, 10, centers=4, random_state=1)
-    d = ((x[:, None] - x[None]) ** 2).sum(-1).astype(np.float32)
-    theirs = _utils._binary_search_perplexity(d, 30.0, 0)
-    ours = metrics.conditional_probabilities(torch.from_numpy(x), 30.0).numpy()
-    assert np.allclose(ours, theirs, atol=2e-5)
+    k = 91  # scikit-learn's neighbours for perplexity 30
+    distances, indices = NearestNeighbors(n_neighbors=k).fit(x).kneighbors(None)  # self excluded
+    theirs = _utils._binary_search_perplexity((distances ** 2).astype(np.float32), 30.0, 0)
+    P, neighbors = metrics.conditional_probabilities(torch.from_numpy(x), 30.0)
+    assert np.array_equal(neighbors.numpy(), indices)
+    assert np.allclose(P.numpy(), theirs, atol=2e-5)
 
 
 @pytest.mark.parametrize("rows", [7, 64, 300])
 def test_tsne_gradient_matches_dense_formula(rows, single_thread):
     g = torch.Generator().manual_seed(0)
-    N = 300
-    P = torch.rand(N, N, generator=g)
-    P = P + P.T
-    P.fill_diagonal_(0)
-    P /= P.sum()
+    N, k = 300, 20
+    neighbors = torch.rand(N, N, generator=g).fill_diagonal_(-1).topk(k, 1).indices  # k others per row
+    P_conditional = torch.rand(N, k, generator=g)
+    P_conditional /= P_conditional.sum(1, keepdim=True)
     Y = 5 * torch.randn(N, 2, generator=g) + 3
-    ours = metrics._tsne_gradient(P, Y, 12.0, rows).double()
-    Pd, Yd = P.double(), Y.double()
+    ours = metrics._tsne_gradient(P_conditional / (2 * N), neighbors, Y, 12.0, rows).double()
+    dense_conditional = torch.zeros(N, N, dtype=torch.float64)
+    dense_conditional[torch.arange(N)[:, None], neighbors] = P_conditional.double()
+    Pd, Yd = (dense_conditional + dense_conditional.T) / (2 * N), Y.double()  # t-SNE's symmetric p_ij
     W = 1 / (1 + torch.cdist(Yd, Yd) ** 2)
     W.fill_diagonal_(0)
     A = (12.0 * Pd - W / W.sum()) * W                                       # (N, N)
