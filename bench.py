@@ -11,7 +11,8 @@ What it measures:
   converting to float, per-image colour jitter for cifar10-jitter)
 - the MAE at seed 000's MNIST shape (patch 2, embed 64, depth 6, 4 heads, decoder 64 x 2, batch 256):
   images/s, achieved GFLOP/s (FLOPs counted by torch's FlopCounterMode), and the speed-up of the
-  fused attention (F.scaled_dot_product_attention) over the written-out softmax(q k^T) v
+  fused attention (F.scaled_dot_product_attention) over the written-out softmax(q k^T) v, and where
+  a step's time goes (torch.profiler, operators grouped: matmul, attention, GELU, copies, ...)
 - t-SNE (metrics.tsne) against scikit-learn's TSNE: seconds and trustworthiness at the same N
 - SSIM/PSNR over the test set (metrics.ssim) against scikit-image called image by image
 
@@ -119,6 +120,40 @@ def bench_attention_paths(batch_size, steps, device):
     return fused, written_out
 
 
+# operator name fragments -> what the time is spent on; the first match wins (backward ops included)
+OP_GROUPS = [("attention (SDPA)", ("scaled_dot_product", "attention")), ("matmul", ("mm", "linear", "matmul")),
+             ("GELU", ("gelu",)), ("layer norm", ("layer_norm",)), ("softmax", ("softmax",)),
+             ("masking (sort, gather, scatter)", ("sort", "gather", "scatter", "index", "rand")),
+             ("copies (copy_, cat, contiguous)", ("copy", "cat", "clone", "contiguous")),
+             ("optimizer (AdamW)", ("foreach", "adam", "lerp", "addcdiv", "sqrt")),
+             ("elementwise and reductions", ("add", "mul", "sub", "div", "pow", "sum", "mean", "neg", "fill"))]
+
+
+def profile_step(model, batch, device, steps=2):
+    """Share of one training step's time per group of operators (self time, forward + backward + AdamW)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    cuda = torch.device(device).type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            with train.autocast(device):
+                loss, _ = model(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        sync(device)
+    totals = {}
+    for event in prof.key_averages():
+        if not event.key.startswith("aten::"):
+            continue  # autograd and optimizer wrappers: their time is in the aten ops they call
+        seconds = event.self_device_time_total if cuda else event.self_cpu_time_total
+        name = event.key.lower()
+        group = next((g for g, parts in OP_GROUPS if any(p in name for p in parts)), "other")
+        totals[group] = totals.get(group, 0.0) + seconds
+    total = sum(totals.values())
+    return dict(sorted(((g, t / total) for g, t in totals.items()), key=lambda kv: -kv[1]))
+
+
 def tsne_features(n):
     """(n, 50) features with class labels: PCA of real Fashion-MNIST test images when installed."""
     try:
@@ -222,8 +257,10 @@ def main():
           f"{m['written_out_images_per_s']:.0f} written out (x{m['sdpa_speedup']:.2f}); "
           f"{m['gflop_per_step']:.1f} GFLOP/step -> {m['achieved_gflops']:.0f} GFLOP/s "
           f"({100 * m['achieved_gflops'] / report['matmul_gflops']:.0f}% of matmul)")
+    m["profile"] = profile_step(fused["model_obj"], fused["batch"], device)
+    print("where a step's time goes: " + ", ".join(f"{g} {100 * share:.0f}%" for g, share in m["profile"].items()))
 
-    report["tsne"] = [bench_tsne(n, device) for n in ((1000,) if args.quick else (1000, 5000))]
+    report["tsne"] = [bench_tsne(n, device) for n in ((1000,) if args.quick else (1000, 5000, 10000))]
     print(f"\n{'t-SNE N':>8} {'ours s':>8} {'sklearn s':>10} {'ours trust':>11} {'sklearn trust':>14}")
     for row in report["tsne"]:
         print(f"{row['n']:>8} {row['ours_s']:>8.1f} {row.get('sklearn_s', float('nan')):>10.1f} "
