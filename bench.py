@@ -129,6 +129,12 @@ OP_GROUPS = [("attention (SDPA)", ("scaled_dot_product", "attention")), ("matmul
              ("elementwise and reductions", ("add", "mul", "sub", "div", "pow", "sum", "mean", "neg", "fill"))]
 
 
+def op_group(name):
+    """The OP_GROUPS entry an operator's time is counted in, e.g. aten::addmm -> matmul."""
+    name = name.lower()
+    return next((group for group, parts in OP_GROUPS if any(p in name for p in parts)), "other")
+
+
 def profile_step(model, batch, device, steps=2):
     """Share of one training step's time per group of operators (self time, forward + backward + AdamW)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -147,9 +153,7 @@ def profile_step(model, batch, device, steps=2):
         if not event.key.startswith("aten::"):
             continue  # autograd and optimizer wrappers: their time is in the aten ops they call
         seconds = event.self_device_time_total if cuda else event.self_cpu_time_total
-        name = event.key.lower()
-        group = next((g for g, parts in OP_GROUPS if any(p in name for p in parts)), "other")
-        totals[group] = totals.get(group, 0.0) + seconds
+        totals[op_group(event.key)] = totals.get(op_group(event.key), 0.0) + seconds
     total = sum(totals.values())
     return dict(sorted(((g, t / total) for g, t in totals.items()), key=lambda kv: -kv[1]))
 
