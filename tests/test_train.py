@@ -103,11 +103,11 @@ def test_finetune_flips_all_but_digits(data_dir, tmp_path, monkeypatch, dataset,
     seen = []
     monkeypatch.setattr(train, "random_shift_flip", lambda x, flip: seen.append(flip) or x)
     run(data_dir, tmp_path, "--model", "ae", "--dataset", dataset, "--epochs", "0", "--eval", "finetune",
-        "--finetune-epochs", "1")
+        "--finetune-epochs", "1", "--augment", "shift-flip")
     assert seen and set(seen) == {flip}
     seen.clear()
     run(data_dir, tmp_path, "--model", "ae", "--dataset", dataset, "--epochs", "0", "--eval", "finetune",
-        "--finetune-epochs", "1", "--augment", "none")
+        "--finetune-epochs", "1")  # no augmentation unless asked for
     assert not seen
 
 
