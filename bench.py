@@ -1,7 +1,7 @@
 """
 Speed of nanoAE, measured on this machine: prints a table and writes bench.json.
 
-    python bench.py            # everything, a few minutes on a laptop CPU
+    python bench.py            # everything: about 8 minutes on one CPU thread
     python bench.py --quick    # smaller sizes, under a minute
 
 What it measures:

@@ -551,8 +551,8 @@ def parse_args(argv=None):
                    help="fine-tuning lr of the encoder (default: same as --head-lr)")
     g.add_argument("--augment", choices=["none", "shift-flip"], default="none",
                    help="fine-tuning augmentation: shift-flip = random shifts of up to 2 pixels and left-right "
-                   "flips (not on MNIST: a mirrored digit is another shape). It cost the conv DAE 1.5 points "
-                   "in 10 epochs; it is for long ViT fine-tuning (default: none)")
+                   "flips (not on MNIST: a mirrored digit is another shape); it cost the conv DAE 1.5 points "
+                   "in 10 fine-tuning epochs, see README (default: none)")
     g.add_argument("--label-smoothing", type=float, default=0.1, help="fine-tuning cross-entropy (default: 0.1)")
     g.add_argument("--layer-decay", type=float, default=1.0,
                    help="mae fine-tuning: block i gets lr x decay^(depth + 1 - layer id) (default: 1.0, no decay)")
