@@ -111,6 +111,14 @@ def test_finetune_flips_all_but_digits(data_dir, tmp_path, monkeypatch, dataset,
     assert not seen
 
 
+@pytest.mark.parametrize("device,precision,dtype", [("cpu", "auto", torch.float32), ("cpu", "fp32", torch.float32),
+                                                  ("cpu", "bf16", torch.bfloat16)])
+def test_autocast_follows_precision(device, precision, dtype):
+    a = torch.randn(4, 4, device=device)
+    with train.autocast(device, precision):
+        assert (a @ a).dtype == dtype
+
+
 def test_bf16_precision_trains_on_cpu(data_dir, tmp_path):
     results = run(data_dir, tmp_path, "--model", "mae", "--dataset", "mnist", "--epochs", "1", "--precision", "bf16",
                   "--eval", "finetune", "--finetune-epochs", "1", "--embed-dim", "32", "--depth", "1")
