@@ -14,6 +14,7 @@ shows it the clean image; the DAE (dae.py) adds noise; the MCAE (mcae.py) hides 
 """
 from dataclasses import dataclass
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -35,15 +36,25 @@ class AEConfig:
 
 
 def mlp(sizes, last_activation=None):
-    """Linear layers of the given widths, ReLU between them, `last_activation` after the last."""
+    """Linear layers of the given widths with LayerNorm and ReLU between them, `last_activation` after
+    the last. The norm keeps each hidden layer's inputs centred and scaled: without it, the first large
+    Adam steps can push a whole layer's pre-activations below zero, and a ReLU that outputs 0 for every
+    image gets no gradient and never recovers (a "dead" layer)."""
     layers = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(n_in, n_out))
         if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
+            layers += [nn.LayerNorm(n_out), nn.ReLU()]
     if last_activation is not None:
         layers.append(last_activation)
     return nn.Sequential(*layers)
+
+
+def norm2d(channels):
+    """GroupNorm with one group: each image's feature map normalised on its own, as LayerNorm does for
+    vectors. Unlike BatchNorm it uses no batch statistics, so training and evaluation, a batch of one
+    and a batch split over several processes all compute the same thing."""
+    return nn.GroupNorm(1, channels)
 
 
 def conv_sizes(image_size, n_layers):
@@ -61,7 +72,7 @@ class ConvEncoder(nn.Module):
         super().__init__()
         layers, prev = [], in_channels
         for c in channels:
-            layers += [nn.Conv2d(prev, c, 4, stride=2, padding=1), nn.ReLU()]
+            layers += [nn.Conv2d(prev, c, 4, stride=2, padding=1), norm2d(c), nn.ReLU()]
             prev = c
         layers.append(nn.Conv2d(prev, latent_channels, 3, padding=1))  # linear bottleneck
         self.net = nn.Sequential(*layers)
@@ -77,17 +88,37 @@ class ConvDecoder(nn.Module):
         super().__init__()
         sizes = conv_sizes(image_size, len(channels))  # e.g. [28, 14, 7, 3]
         widths = list(channels[::-1]) + [out_channels]  # e.g. [128, 64, 32, 1]
-        layers = [nn.Conv2d(latent_channels, widths[0], 3, padding=1), nn.ReLU()]
+        layers = [nn.Conv2d(latent_channels, widths[0], 3, padding=1), norm2d(widths[0]), nn.ReLU()]
         for i in range(len(channels)):
             n_in, n_out = sizes[-1 - i], sizes[-2 - i]
             # a stride-2 transpose conv gives 2n; output_padding adds the row the encoder floored away
             layers.append(nn.ConvTranspose2d(widths[i], widths[i + 1], 4, stride=2, padding=1,
                                              output_padding=n_out - 2 * n_in))
-            layers.append(nn.ReLU() if i < len(channels) - 1 else nn.Sigmoid())
+            if i < len(channels) - 1:
+                layers += [norm2d(widths[i + 1]), nn.ReLU()]
+            else:
+                layers.append(nn.Sigmoid())
         self.net = nn.Sequential(*layers)
 
     def forward(self, z):
         return self.net(z)
+
+
+def start_output_at_mean(decoder, mean_image):
+    """Set the bias of the decoder's last layer so that, before any training, it outputs the data's
+    mean image: (C, H, W) in [0, 1], per pixel for an MLP decoder, per channel for a conv one.
+
+    Why: the untrained decoder outputs sigmoid(0) = 0.5 everywhere, while MNIST is 87% black. The first
+    steps then push every pre-sigmoid value down at once and overshoot far below zero, where the sigmoid
+    is flat: under MSE its gradient there, sigmoid' = s(1 - s), is ~0, so the output can stay black for
+    good. Starting at the mean removes that first big push ("init well", Karpathy's recipe for training
+    neural networks).
+    """
+    last = [m for m in decoder.modules() if isinstance(m, (nn.Linear, nn.ConvTranspose2d))][-1]
+    mean = mean_image.flatten() if isinstance(last, nn.Linear) else mean_image.mean(dim=(1, 2))  # (C*H*W,) or (C,)
+    mean = mean.clamp(0.01, 0.99)  # logit(0) = -inf: a pixel that is always black starts almost black
+    with torch.no_grad():
+        last.bias.copy_(torch.logit(mean).to(last.bias))
 
 
 # -----------------------------------------------------------------------------
@@ -112,6 +143,10 @@ class AE(nn.Module):
             self.latent_shape = (config.latent_channels, h, h)
         else:
             raise ValueError(f"unknown arch {config.arch!r}: use 'mlp' or 'conv'")
+
+    def init_output_bias(self, mean_image):
+        """Start the decoder at the training set's mean image (see start_output_at_mean)."""
+        start_output_at_mean(self.decoder, mean_image)
 
     def corrupt(self, x):
         """What the encoder sees, and the mask of hidden pixels (None: nothing hidden). AE: x itself."""

@@ -521,7 +521,9 @@ def parse_args(argv=None):
     g.add_argument("--out-dir", default=None, help="where ckpt.pt, log.jsonl, results.json go "
                    "(default: out/<model>-<dataset>)")
     g.add_argument("--epochs", type=int, default=20, help="pretraining epochs (default: 20)")
-    g.add_argument("--batch-size", type=int, default=256, help="(default: 256)")
+    g.add_argument("--batch-size", type=int, default=64,
+                   help="images per step; small batches mean more steps, which short runs and small datasets "
+                   "need more than the speed of large ones (default: 64)")
     g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of AdamW (default: 1e-3)")
     g.add_argument("--weight-decay", type=float, default=None,
                    help="AdamW weight decay (default: 0.05 for mae, 0 for the others)")
@@ -628,6 +630,8 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     config = build_config(args.model, args, data.train_x.shape[1], data.train_x.shape[2])
     model = MODELS[args.model][0](config).to(args.device)
+    if hasattr(model, "init_output_bias"):  # AE family: the sigmoid decoder starts at the mean image
+        model.init_output_bias(data.train_x.mean(dim=0, dtype=torch.float32) / 255)
     # AdamW with beta2 0.95 for the ViT, as the MAE paper; the standard 0.999 for the conv/mlp models
     betas = (0.9, 0.95) if args.model == "mae" else (0.9, 0.999)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=betas, weight_decay=args.weight_decay)

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ae import AEConfig, ConvDecoder, ConvEncoder, conv_sizes, mlp
+from ae import AEConfig, ConvDecoder, ConvEncoder, conv_sizes, mlp, start_output_at_mean
 
 
 @dataclass
@@ -55,8 +55,9 @@ class VAE(nn.Module):
             raise ValueError(f"unknown recon_loss {config.recon_loss!r}: use 'bce' or 'mse'")
         C, S, D = config.in_channels, config.image_size, config.latent_dim
         if config.arch == "mlp":
-            # ReLU after the last hidden layer too: the heads below are the linear layer of the bottleneck
-            self.encoder = nn.Sequential(nn.Flatten(), mlp([C * S * S, *config.hidden], nn.ReLU()))
+            # LayerNorm and ReLU after the last hidden layer too: the heads below are the bottleneck
+            self.encoder = nn.Sequential(nn.Flatten(), mlp([C * S * S, *config.hidden]),
+                                         nn.LayerNorm(config.hidden[-1]), nn.ReLU())
             n_features = config.hidden[-1]
             self.decoder = nn.Sequential(
                 mlp([D, *config.hidden[::-1], C * S * S], nn.Sigmoid()),
@@ -106,6 +107,10 @@ class VAE(nn.Module):
     def encode(self, x):
         """Features for probes, k-NN and t-SNE: the mean of q(z|x), (B, D). Deterministic in any mode."""
         return self.posterior(x)[0]
+
+    def init_output_bias(self, mean_image):
+        """Start the decoder at the training set's mean image (see ae.start_output_at_mean)."""
+        start_output_at_mean(self.decoder, mean_image)
 
     def decode(self, z):
         """(B, D) latent vectors -> (B, C, H, W) images in [0, 1] (the decoder's mean image)."""

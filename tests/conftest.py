@@ -99,3 +99,13 @@ def fashion_mnist_images(split, n):
 needs_fashion_mnist = pytest.mark.skipif(
     not os.path.exists(os.path.join(DEBIAN_FASHION_MNIST, "train-images-idx3-ubyte.gz")),
     reason="real Fashion-MNIST absent (apt-get install dataset-fashion-mnist)")
+
+
+# real MNIST digits for the tests that show models learn at default flags (4000 train / 1000 test, in
+# torchvision's layout): shared/data/mnist-dev beside the project, or wherever NANOAE_MNIST_DEV points
+MNIST_DEV = os.environ.get("NANOAE_MNIST_DEV", os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "data", "mnist-dev"))
+
+needs_mnist_dev = pytest.mark.skipif(
+    not os.path.exists(os.path.join(MNIST_DEV, "MNIST", "raw", "train-images-idx3-ubyte")),
+    reason=f"real MNIST digits absent ({MNIST_DEV})")

@@ -1,0 +1,53 @@
+"""Every model learns from the first epochs at the flags a user gets by default, on real digits and
+clothes: short runs, a few thousand images. Only the run's length and what to evaluate are set here;
+batch size, learning rate and seed are train.py's defaults, so these tests fail when the defaults do.
+"""
+import json
+
+import pytest
+
+import metrics
+import train
+from conftest import DEBIAN_FASHION_MNIST, MNIST_DEV, needs_fashion_mnist, needs_mnist_dev
+
+AE_FAMILY = [
+    ("ae", "conv"), ("ae", "mlp"), ("dae", "conv"), ("dae", "mlp"),
+    ("vae", "conv"), ("vae", "mlp"), ("mcae", "conv"), ("mcae", "mlp"),
+]
+
+
+def mean_image_psnr(dataset, data_dir):
+    """PSNR of the training set's mean image against every test image: what a model that ignores its
+    input scores, so a model that learned nothing lands here or below."""
+    data = train.load_data(dataset, data_dir, "cpu", train_size=4000)
+    mean = train.to_float(data.train_x).mean(0, keepdim=True)  # (1, C, H, W)
+    test = train.to_float(data.test_x)
+    return metrics.psnr(mean.expand_as(test), test).mean().item()
+
+
+def short_run(tmp_path, model, arch, dataset, data_dir, *flags):
+    out = tmp_path / f"{model}-{arch}"
+    train.main(["--model", model, "--arch", arch, "--dataset", dataset, "--data-dir", str(data_dir),
+                "--out-dir", str(out), "--epochs", "2", "--train-size", "4000", *flags])
+    with open(out / "results.json") as f:
+        return json.load(f)
+
+
+@needs_mnist_dev
+@pytest.mark.parametrize("model,arch", AE_FAMILY)
+def test_learns_real_digits_in_two_epochs(tmp_path, model, arch):
+    """A saturated sigmoid or dead ReLU layers leave the output at the mean image or black (~10 dB)."""
+    results = short_run(tmp_path, model, arch, "mnist", MNIST_DEV, "--eval", "knn")
+    floor = mean_image_psnr("mnist", MNIST_DEV)  # ~12.1 dB
+    assert results["psnr"] > floor + 2, (results, floor)
+    assert results["knn_acc"] > 0.75, results  # chance is 0.1; a dead conv AE gave 0.49
+
+
+@needs_fashion_mnist
+@pytest.mark.parametrize("model,arch", [("dae", "conv"), ("ae", "mlp"), ("vae", "conv"), ("mcae", "conv")])
+def test_learns_real_fashion_mnist_in_two_epochs(tmp_path, monkeypatch, model, arch):
+    data_dir = tmp_path / "data"  # train.py unpacks Debian's files here
+    results = short_run(tmp_path, model, arch, "fashion-mnist", data_dir, "--eval", "linear")
+    floor = mean_image_psnr("fashion-mnist", data_dir)
+    assert results["psnr"] > floor + 2, (results, floor)
+    assert results["linear_acc"] > 0.60, results  # chance is 0.1
