@@ -51,10 +51,11 @@ def mlp(sizes, last_activation=None):
 
 
 def norm2d(channels):
-    """GroupNorm with one group: each image's feature map normalised on its own, as LayerNorm does for
-    vectors. Unlike BatchNorm it uses no batch statistics, so training and evaluation, a batch of one
-    and a batch split over several processes all compute the same thing."""
-    return nn.GroupNorm(1, channels)
+    """BatchNorm: each channel normalised over the batch and the pixels, then scaled and shifted by
+    learned weights. It does for the conv layers what LayerNorm does in mlp() (no dead layers), and it
+    learned fastest of the norms tried (18.5 dB on Fashion-MNIST after 2 epochs of 10k images, against
+    17.7 for GroupNorm and 16.8 for none). In evaluation it uses running averages of the statistics."""
+    return nn.BatchNorm2d(channels)
 
 
 def conv_sizes(image_size, n_layers):
