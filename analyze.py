@@ -891,12 +891,12 @@ def parse_args(argv=None):
                    help="(default: cuda if available, else cpu)")
     p.add_argument("--data-dir", default=None,
                    help="where torchvision finds the datasets (default: the --data-dir each run was trained with)")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=train.positive_int, default=1,
                    help="CPU threads for torch; the tensors here are small, so more threads mostly wait on each "
                    "other, and on a busy machine they slow everything down (default: 1)")
-    p.add_argument("--tsne-per-class", type=int, default=200,
+    p.add_argument("--tsne-per-class", type=train.positive_int, default=200,
                    help="test images per class in the t-SNE figures and cluster tables (default: 200)")
-    p.add_argument("--tsne-iters", type=int, default=1000,
+    p.add_argument("--tsne-iters", type=train.positive_int, default=1000,
                    help="t-SNE iterations, the first 250 with early exaggeration (default: 1000)")
     args = p.parse_args(argv)
     args.out = args.out or os.path.dirname(os.path.abspath(args.run_dirs[0]))
@@ -944,6 +944,9 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (AnalyzeError, train.DataError) as e:
+    except (AnalyzeError, train.RunError) as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:  # an unwritable --out, an unreadable file: the file and the reason
+        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         sys.exit(1)

@@ -164,7 +164,7 @@ def tsne_features(n):
         data = train.load_data("fashion-mnist", "./data", "cpu")
         x = train.to_float(data.test_x[:n]).flatten(1)
         labels = data.test_y[:n]
-    except train.DataError:  # no data: Gaussian blobs in 50-D, 10 classes
+    except train.RunError:  # no data: Gaussian blobs in 50-D, 10 classes
         gen = torch.Generator().manual_seed(0)
         labels = torch.randint(0, 10, (n,), generator=gen)
         x = torch.randn(10, 50, generator=gen)[labels] * 3 + torch.randn(n, 50, generator=gen)

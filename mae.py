@@ -208,6 +208,10 @@ class MAE(nn.Module):
             raise ValueError(f"unknown pool {config.pool!r}: use 'cls' or 'mean'")
         grid = S // p
         self.num_patches = grid * grid
+        if int(self.num_patches * (1 - config.mask_ratio)) < 1:
+            raise ValueError(f"mask_ratio {config.mask_ratio} leaves none of the {self.num_patches} patches "
+                             f"visible: the encoder would see nothing (use at most "
+                             f"{math.floor(1000 * (1 - 1 / self.num_patches)) / 1000})")
         D, Dd = config.embed_dim, config.decoder_embed_dim
 
         # encoder: a Linear on flattened patches (the same as a stride-p p x p conv), CLS, ViT blocks

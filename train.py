@@ -61,8 +61,9 @@ DATASETS = {
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"  # apt-get install dataset-fashion-mnist
 
 
-class DataError(Exception):
-    """A dataset that is not there and cannot be fetched: reported in one line, no stack trace."""
+class RunError(Exception):
+    """Something the user can fix (a missing dataset, a damaged checkpoint, a run directory already in
+    use): reported in one line, no stack trace. Stack traces are for bugs."""
 
 
 def copy_debian_fashion_mnist(data_dir):
@@ -94,7 +95,7 @@ def load_split(dataset, data_dir, train):
             ds = cls(data_dir, train=train, download=True)
         except Exception:
             hint = " (or: apt-get install dataset-fashion-mnist)" if dataset == "fashion-mnist" else ""
-            raise DataError(f"{dataset} is not in {os.path.abspath(data_dir)} and could not be downloaded "
+            raise RunError(f"{dataset} is not in {os.path.abspath(data_dir)} and could not be downloaded "
                             f"(offline?). Put torchvision's files in "
                             f"{os.path.join(os.path.abspath(data_dir), folder)}/ or pass --data-dir{hint}.") from None
     images = torch.as_tensor(ds.data)
@@ -221,17 +222,32 @@ def lr_at(step, total_steps, warmup_steps, base_lr, schedule):
 
 
 def save_atomic(obj, path):
-    """Write to a temporary file, then rename: an interrupted save never leaves a broken file."""
-    torch.save(obj, path + ".tmp")
+    """Write to a temporary file, then rename: an interrupted save (or a full disk) never leaves a
+    broken file, and the previous checkpoint stays until the new one is complete."""
+    try:
+        torch.save(obj, path + ".tmp")
+    except BaseException:
+        if os.path.exists(path + ".tmp"):
+            os.remove(path + ".tmp")
+        raise
     os.replace(path + ".tmp", path)
+
+
+CHECKPOINT_KEYS = {"model", "optimizer", "epoch", "model_name", "config", "args"}
 
 
 def load_checkpoint(path, model_name=None):
     if not os.path.exists(path):
-        raise DataError(f"no checkpoint at {path}: train first, or drop --resume")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        raise RunError(f"no checkpoint at {path}: train first, or drop --resume")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, random bytes, another program's file: whatever torch.load says
+        ckpt = e
+    if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= set(ckpt):
+        raise RunError(f"{path} is damaged or not a nanoAE checkpoint; start over with --overwrite "
+                       f"or use another --out-dir")
     if model_name is not None and ckpt["model_name"] != model_name:
-        raise DataError(f"{path} holds a {ckpt['model_name']} model, not {model_name}: "
+        raise RunError(f"{path} holds a {ckpt['model_name']} model, not {model_name}: "
                         f"use another --out-dir or --model {ckpt['model_name']}")
     return ckpt
 
@@ -455,9 +471,9 @@ def pretrain(model, data, args, optimizer, start_epoch, log_path):
             with autocast(args.device, args.precision):
                 loss, out = forward(data.train_batch(perm[s]))
             if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; ckpt.pt keeps the last "
-                    f"good epoch ({epoch}). Try a lower --lr (now {args.lr}).")
+                kept = f"ckpt.pt keeps epoch {epoch}" if epoch > 0 else "nothing was saved"
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; {kept}. "
+                                         f"Try a lower --lr (now {args.lr}).")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -505,11 +521,41 @@ def read_log(log_path, up_to_epoch):
 # command line
 
 
+def bounded(kind, low, high=math.inf, low_open=False, high_open=False):
+    """An argparse type: kind(text) in the range low..high, else argparse's one-line error naming the flag."""
+    if high == math.inf:
+        allowed = f"> {low}" if low_open else f">= {low}"
+    else:
+        allowed = ("in (" if low_open else "in [") + f"{low}, {high}" + (")" if high_open else "]")
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if not (above and below):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {allowed}")
+        return value
+    return parse
+
+
+positive_int = bounded(int, 1)
+count = bounded(int, 0)                                  # epochs, sizes: 0 allowed
+positive = bounded(float, 0, low_open=True)              # learning rates
+non_negative = bounded(float, 0)                         # noise, weight decay, loss weights
+fraction = bounded(float, 0, 1, high_open=True)          # mask ratio, label smoothing
+
+
 def int_tuple(text):
     try:
-        return tuple(int(v) for v in text.split(","))
+        values = tuple(int(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 512,256, got {text!r}")
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"widths must be positive, got {text!r}")
+    return values
 
 
 def parse_args(argv=None):
@@ -520,22 +566,24 @@ def parse_args(argv=None):
     g.add_argument("--data-dir", default="./data", help="where torchvision finds the datasets (default: ./data)")
     g.add_argument("--out-dir", default=None, help="where ckpt.pt, log.jsonl, results.json go "
                    "(default: out/<model>-<dataset>)")
-    g.add_argument("--epochs", type=int, default=20, help="pretraining epochs (default: 20)")
-    g.add_argument("--batch-size", type=int, default=64,
+    g.add_argument("--epochs", type=count, default=20, help="pretraining epochs (default: 20)")
+    g.add_argument("--batch-size", type=positive_int, default=64,
                    help="images per step; small batches mean more steps, which short runs and small datasets "
                    "need more than the speed of large ones (default: 64)")
-    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of AdamW (default: 1e-3)")
-    g.add_argument("--weight-decay", type=float, default=None,
+    g.add_argument("--lr", type=positive, default=1e-3, help="peak learning rate of AdamW (default: 1e-3)")
+    g.add_argument("--weight-decay", type=non_negative, default=None,
                    help="AdamW weight decay (default: 0.05 for mae, 0 for the others)")
-    g.add_argument("--warmup-epochs", type=int, default=None,
+    g.add_argument("--warmup-epochs", type=count, default=None,
                    help="linear lr warm-up (default: 2 for mae, 0 for the others)")
     g.add_argument("--schedule", choices=["cosine", "constant"], default="cosine",
                    help="lr after warm-up (default: cosine)")
     g.add_argument("--seed", type=int, default=0, help="(default: 0)")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="(default: cuda if available, else cpu)")
-    g.add_argument("--train-size", type=int, default=0, help="use the first N training images; 0 = all (default: 0)")
+    g.add_argument("--train-size", type=count, default=0, help="use the first N training images; 0 = all (default: 0)")
     g.add_argument("--resume", action="store_true", help="continue from <out-dir>/ckpt.pt")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start over in an --out-dir that already holds a run (its files are replaced)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (GPU speed-up)")
     g.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="autocast: auto = bf16 on CUDA, fp32 on CPU; bf16 also speeds up CPUs with bf16 "
@@ -544,19 +592,19 @@ def parse_args(argv=None):
     g = p.add_argument_group("downstream evaluation")
     g.add_argument("--eval", default="linear,knn", help="comma list of linear,knn,finetune; '' for none "
                    "(default: linear,knn)")
-    g.add_argument("--finetune-epochs", type=int, default=10, help="(default: 10)")
+    g.add_argument("--finetune-epochs", type=positive_int, default=10, help="(default: 10)")
     g.add_argument("--head", choices=["linear", "mlp"], default="linear",
                    help="fine-tuning head: linear, or mlp = seed 000's 3 layers with BatchNorm/ReLU/dropout "
                    "(default: linear)")
-    g.add_argument("--head-lr", type=float, default=1e-3, help="fine-tuning lr of the head (default: 1e-3)")
-    g.add_argument("--finetune-lr", type=float, default=None,
+    g.add_argument("--head-lr", type=positive, default=1e-3, help="fine-tuning lr of the head (default: 1e-3)")
+    g.add_argument("--finetune-lr", type=positive, default=None,
                    help="fine-tuning lr of the encoder (default: same as --head-lr)")
     g.add_argument("--augment", choices=["none", "shift-flip"], default="none",
                    help="fine-tuning augmentation: shift-flip = random shifts of up to 2 pixels and left-right "
                    "flips (not on MNIST: a mirrored digit is another shape); it cost the conv DAE 1.5 points "
                    "in 10 fine-tuning epochs, see README (default: none)")
-    g.add_argument("--label-smoothing", type=float, default=0.1, help="fine-tuning cross-entropy (default: 0.1)")
-    g.add_argument("--layer-decay", type=float, default=1.0,
+    g.add_argument("--label-smoothing", type=fraction, default=0.1, help="fine-tuning cross-entropy (default: 0.1)")
+    g.add_argument("--layer-decay", type=bounded(float, 0, 1, low_open=True), default=1.0,
                    help="mae fine-tuning: block i gets lr x decay^(depth + 1 - layer id) (default: 1.0, no decay)")
 
     g = p.add_argument_group("ae, dae, vae, mcae")
@@ -564,39 +612,39 @@ def parse_args(argv=None):
     g.add_argument("--hidden", type=int_tuple, default=None,
                    help=f"mlp hidden widths, e.g. 512,256 or 656,512,256,128 (default: "
                    f"{','.join(map(str, AEConfig.hidden))})")
-    g.add_argument("--latent-dim", type=int, default=None,
+    g.add_argument("--latent-dim", type=positive_int, default=None,
                    help=f"latent vector size of mlp and of the vae (default: {AEConfig.latent_dim}, "
                    f"vae {VAEConfig.latent_dim})")
     g.add_argument("--channels", type=int_tuple, default=None,
                    help=f"conv: channels of each stride-2 conv (default: {','.join(map(str, AEConfig.channels))})")
-    g.add_argument("--latent-channels", type=int, default=None,
+    g.add_argument("--latent-channels", type=positive_int, default=None,
                    help=f"conv: channels of the latent map, e.g. 8 -> 8x3x3 on 28x28 "
                    f"(default: {AEConfig.latent_channels})")
-    g.add_argument("--l1", type=float, default=None, help="L1 penalty on the latent code (default: 0)")
-    g.add_argument("--noise-std", type=float, default=None,
+    g.add_argument("--l1", type=non_negative, default=None, help="L1 penalty on the latent code (default: 0)")
+    g.add_argument("--noise-std", type=non_negative, default=None,
                    help=f"dae: std of the Gaussian noise; variance 0.1 = std 0.316 (default: {DAEConfig.noise_std})")
-    g.add_argument("--beta", type=float, default=None, help=f"vae: weight of the KL term (default: {VAEConfig.beta})")
+    g.add_argument("--beta", type=non_negative, default=None, help=f"vae: weight of the KL term (default: {VAEConfig.beta})")
     g.add_argument("--recon-loss", choices=["bce", "mse"], default=None,
                    help=f"vae: reconstruction term (default: {VAEConfig.recon_loss})")
-    g.add_argument("--kl-warmup-epochs", type=int, default=None,
+    g.add_argument("--kl-warmup-epochs", type=count, default=None,
                    help=f"vae: epochs over which the KL weight ramps up to beta (default: {VAEConfig.kl_warmup_epochs})")
     g.add_argument("--mask-type", choices=["pixel", "block"], default=None,
                    help=f"mcae: hide single pixels or square blocks (default: {MCAEConfig.mask_type})")
-    g.add_argument("--block-size", type=int, default=None,
+    g.add_argument("--block-size", type=positive_int, default=None,
                    help=f"mcae: side of a hidden block (default: {MCAEConfig.block_size})")
     g.add_argument("--loss-on", choices=["all", "masked"], default=None,
                    help=f"mcae: reconstruction loss on all pixels or hidden ones only (default: {MCAEConfig.loss_on})")
-    g.add_argument("--mask-ratio", type=float, default=None,
+    g.add_argument("--mask-ratio", type=fraction, default=None,
                    help=f"mcae, mae: fraction hidden (default: mcae {MCAEConfig.mask_ratio}, mae {MAEConfig.mask_ratio})")
 
     g = p.add_argument_group("mae")
-    g.add_argument("--patch-size", type=int, default=None, help=f"(default: {MAEConfig.patch_size})")
-    g.add_argument("--embed-dim", type=int, default=None, help=f"encoder width (default: {MAEConfig.embed_dim})")
-    g.add_argument("--depth", type=int, default=None, help=f"encoder blocks (default: {MAEConfig.depth})")
-    g.add_argument("--num-heads", type=int, default=None, help=f"encoder heads (default: {MAEConfig.num_heads})")
-    g.add_argument("--decoder-embed-dim", type=int, default=None, help=f"(default: {MAEConfig.decoder_embed_dim})")
-    g.add_argument("--decoder-depth", type=int, default=None, help=f"(default: {MAEConfig.decoder_depth})")
-    g.add_argument("--decoder-num-heads", type=int, default=None, help=f"(default: {MAEConfig.decoder_num_heads})")
+    g.add_argument("--patch-size", type=positive_int, default=None, help=f"(default: {MAEConfig.patch_size})")
+    g.add_argument("--embed-dim", type=positive_int, default=None, help=f"encoder width (default: {MAEConfig.embed_dim})")
+    g.add_argument("--depth", type=positive_int, default=None, help=f"encoder blocks (default: {MAEConfig.depth})")
+    g.add_argument("--num-heads", type=positive_int, default=None, help=f"encoder heads (default: {MAEConfig.num_heads})")
+    g.add_argument("--decoder-embed-dim", type=positive_int, default=None, help=f"(default: {MAEConfig.decoder_embed_dim})")
+    g.add_argument("--decoder-depth", type=positive_int, default=None, help=f"(default: {MAEConfig.decoder_depth})")
+    g.add_argument("--decoder-num-heads", type=positive_int, default=None, help=f"(default: {MAEConfig.decoder_num_heads})")
     g.add_argument("--norm-pix-loss", action="store_true", default=None,
                    help="predict each patch normalised by its own mean and std")
     g.add_argument("--pool", choices=["cls", "mean"], default=None,
@@ -611,7 +659,28 @@ def parse_args(argv=None):
     unknown = set(p for p in args.eval.split(",") if p) - {"linear", "knn", "finetune"}
     if unknown:
         p.error(f"--eval: unknown protocol {', '.join(sorted(unknown))} (choose from linear, knn, finetune)")
+    check_device(p, args.device)
+    # build the model once on the CPU, so a setting it cannot take (a patch size that does not divide
+    # the image, too many heads for the width, nothing left visible) is refused before any work starts
+    _, channels, size, _, _, _ = DATASETS[args.dataset]
+    try:
+        MODELS[args.model][0](build_config(args.model, args, channels, size))
+    except ValueError as e:
+        p.error(f"--model {args.model}: {e}")
     return args
+
+
+def check_device(p, device):
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        p.error(f"--device: unknown device {device!r} (use cpu, cuda, cuda:N or mps)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        p.error(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA GPU(s) here (use --device cpu)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {device}: torch sees no CUDA GPU here (use --device cpu)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        p.error("--device mps: no Apple GPU here (use --device cpu)")
 
 
 def main(argv=None):
@@ -619,8 +688,9 @@ def main(argv=None):
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: float32 range, tensor-core speed
         torch.backends.cudnn.allow_tf32 = True
-    os.makedirs(args.out_dir, exist_ok=True)
     ckpt_path, log_path = os.path.join(args.out_dir, "ckpt.pt"), os.path.join(args.out_dir, "log.jsonl")
+    results_path = os.path.join(args.out_dir, "results.json")
+    check_out_dir(args, ckpt_path, results_path)
 
     t0 = time.time()
     data = load_data(args.dataset, args.data_dir, args.device, args.train_size, args.seed)
@@ -641,7 +711,7 @@ def main(argv=None):
         if ckpt["config"] != dataclasses.asdict(config):
             changed = {k: (v, dataclasses.asdict(config)[k]) for k, v in ckpt["config"].items()
                        if dataclasses.asdict(config).get(k) != v}
-            raise DataError(f"{ckpt_path} was trained with other model settings "
+            raise RunError(f"{ckpt_path} was trained with other model settings "
                             f"({', '.join(f'{k}: {a} -> {b}' for k, (a, b) in changed.items())}): "
                             f"repeat the original flags or use another --out-dir")
         model.load_state_dict(ckpt["model"])
@@ -661,16 +731,41 @@ def main(argv=None):
     results.update(downstream(model, data, args))
     results.update({"model": args.model, "dataset": args.dataset, "epochs": args.epochs,
                     "train_size": len(data.train_x), "parameters": n_params})
-    with open(os.path.join(args.out_dir, "results.json"), "w") as f:
+    if args.resume and os.path.exists(results_path):  # e.g. --resume --eval finetune keeps linear and knn
+        with open(results_path) as f:
+            results = {**json.load(f), **results}
+    with open(results_path + ".tmp", "w") as f:
         json.dump(results, f, indent=2)
+    os.replace(results_path + ".tmp", results_path)
     print("results: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items() if isinstance(v, float)))
     written = "ckpt.pt, log.jsonl, results.json" if os.path.exists(ckpt_path) else "results.json (nothing pretrained)"
     print(f"wrote {args.out_dir}/{written}")
 
 
+def check_out_dir(args, ckpt_path, results_path):
+    """Refuse to start over a finished or interrupted run by accident, and fail now, not after an epoch,
+    if --out-dir cannot be written."""
+    finished = [os.path.basename(p) for p in (ckpt_path, results_path) if os.path.exists(p)]
+    if finished and not args.resume and not args.overwrite:
+        raise RunError(f"{args.out_dir} already holds a run ({', '.join(finished)}): continue it with --resume, "
+                       f"start over with --overwrite, or pick another --out-dir")
+    os.makedirs(args.out_dir, exist_ok=True)
+    probe = os.path.join(args.out_dir, ".write-test")
+    with open(probe, "w"):
+        pass
+    os.remove(probe)
+
+
 if __name__ == "__main__":
     try:
         main()
-    except (DataError, FloatingPointError) as e:
+    except (RunError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except OSError as e:  # unwritable --out-dir, unreadable --data-dir, a full disk: the file and the reason
+        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("\ninterrupted: ckpt.pt keeps the last finished epoch; continue with the same command and --resume",
+              file=sys.stderr)
+        sys.exit(130)

@@ -105,7 +105,7 @@ def test_finetune_flips_all_but_digits(data_dir, tmp_path, monkeypatch, dataset,
         "--finetune-epochs", "1", "--augment", "shift-flip")
     assert seen and set(seen) == {flip}
     seen.clear()
-    run(data_dir, tmp_path, "--model", "ae", "--dataset", dataset, "--epochs", "0", "--eval", "finetune",
+    run(data_dir, tmp_path / "plain", "--model", "ae", "--dataset", dataset, "--epochs", "0", "--eval", "finetune",
         "--finetune-epochs", "1")  # no augmentation unless asked for
     assert not seen
 
@@ -267,15 +267,15 @@ def test_resume_gives_the_same_weights(data_dir, tmp_path, monkeypatch):
 
 
 def test_resume_without_checkpoint(data_dir, tmp_path):
-    with pytest.raises(train.DataError, match="no checkpoint"):
+    with pytest.raises(train.RunError, match="no checkpoint"):
         run(data_dir, tmp_path / "nothing", "--model", "ae", "--dataset", "mnist", "--resume")
 
 
 def test_resume_with_another_model_or_shape(data_dir, tmp_path):
     run(data_dir, tmp_path / "r", "--model", "ae", "--dataset", "mnist", "--epochs", "1", "--eval", "")
-    with pytest.raises(train.DataError, match="holds a ae model, not dae"):
+    with pytest.raises(train.RunError, match="holds a ae model, not dae"):
         run(data_dir, tmp_path / "r", "--model", "dae", "--dataset", "mnist", "--resume")
-    with pytest.raises(train.DataError, match="latent_channels: 32 -> 4"):
+    with pytest.raises(train.RunError, match="latent_channels: 32 -> 4"):
         run(data_dir, tmp_path / "r", "--model", "ae", "--dataset", "mnist", "--resume", "--latent-channels", "4")
 
 
