@@ -718,6 +718,7 @@ def main(argv=None):
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch = ckpt["epoch"]
         print(f"resumed from {ckpt_path} after epoch {start_epoch}")
+    os.makedirs(args.out_dir, exist_ok=True)
     entries = read_log(log_path, start_epoch)
     with open(log_path, "w") as f:  # keep the log in step with the checkpoint
         f.writelines(json.dumps(e) + "\n" for e in entries)
@@ -749,11 +750,14 @@ def check_out_dir(args, ckpt_path, results_path):
     if finished and not args.resume and not args.overwrite:
         raise RunError(f"{args.out_dir} already holds a run ({', '.join(finished)}): continue it with --resume, "
                        f"start over with --overwrite, or pick another --out-dir")
+    created = not os.path.isdir(args.out_dir)
     os.makedirs(args.out_dir, exist_ok=True)
     probe = os.path.join(args.out_dir, ".write-test")
     with open(probe, "w"):
         pass
     os.remove(probe)
+    if created:  # made again once there is something to write: a run that fails to start leaves no trace
+        os.rmdir(args.out_dir)
 
 
 if __name__ == "__main__":

@@ -80,6 +80,12 @@ def test_a_damaged_checkpoint_is_one_line(data_dir, tmp_path, damage):
         run(data_dir, out, *TINY, "--epochs", "2", "--resume")
 
 
+def test_a_missing_dataset_leaves_no_run_directory(tmp_path):
+    with pytest.raises(train.RunError, match="mnist is not in"):
+        train.main([*TINY, "--data-dir", str(tmp_path / "no-data"), "--out-dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
 def test_runtime_errors_are_one_line_without_a_trace(data_dir, tmp_path):
     """From the shell: a damaged checkpoint and an --out-dir that cannot be a directory."""
     out = tmp_path / "run"
