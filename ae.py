@@ -54,8 +54,11 @@ def norm2d(channels):
     """BatchNorm: each channel normalised over the batch and the pixels, then scaled and shifted by
     learned weights. It does for the conv layers what LayerNorm does in mlp() (no dead layers), and it
     learned fastest of the norms tried (18.5 dB on Fashion-MNIST after 2 epochs of 10k images, against
-    17.7 for GroupNorm and 16.8 for none). In evaluation it uses running averages of the statistics."""
-    return nn.BatchNorm2d(channels)
+    17.7 for GroupNorm and 16.8 for none). In evaluation it uses running averages of the statistics,
+    here updated with momentum 0.3 instead of torch's 0.1: 1000 images at batch 64 are 16 steps an
+    epoch, after which a 0.1 average still holds 18% of its initial guess (mean 0, variance 1) and the
+    first evaluation sees a nearly constant output (10.7 dB on MNIST against 13.0)."""
+    return nn.BatchNorm2d(channels, momentum=0.3)
 
 
 def conv_sizes(image_size, n_layers):

@@ -283,6 +283,9 @@ def evaluate(model, data, args):
                 "mse": metrics.mse(recon, x), "mae": metrics.mae(recon, x),
                 "psnr": metrics.psnr(recon, x), "ssim": metrics.ssim(recon, x),
                 "psnr_input": metrics.psnr(out["input"].float(), x),  # the corrupted input, as a baseline
+                # how much the reconstructions differ from image to image: ~0 when the model gives the
+                # same picture (all black, the mean image) whatever it is shown
+                "recon_spread": recon.flatten(1).std(dim=0, correction=0).mean().expand(len(x)),
             }
             for key in ("kl", "recon_loss"):
                 if key in out:
@@ -501,11 +504,23 @@ def pretrain(model, data, args, optimizer, start_epoch, log_path):
         print(f"epoch {epoch + 1}/{args.epochs} | train {entry['train_loss']:.4f} | test {entry['test_loss']:.4f}"
               f"{extra} | psnr {entry['psnr']:.2f} dB | ssim {entry['ssim']:.3f} | {n / seconds:.0f} img/s "
               f"| {seconds:.1f}s | eta {format_seconds(seconds * (args.epochs - epoch - 1))}", flush=True)
+        if dead_run_warning(test_stats):
+            print(dead_run_warning(test_stats), flush=True)
         with open(log_path, "a") as f:  # log first: a crash before the checkpoint leaves a line to trim
             f.write(json.dumps(entry) + "\n")
         save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                      "model_name": args.model, "config": dataclasses.asdict(model.config), "args": vars(args)},
                     os.path.join(args.out_dir, "ckpt.pt"))
+
+
+def dead_run_warning(stats):
+    """One line when a model outputs about the same image for every input (a dead run: a saturated
+    sigmoid, dead ReLUs, a diverged lr), whose figures would otherwise look like results; else None."""
+    if stats.get("recon_spread", 1.0) < 0.01:
+        return (f"warning: the reconstructions hardly differ between images (spread {stats['recon_spread']:.4f}, "
+                f"PSNR {stats['psnr']:.2f} dB): the model outputs about the same image for every input and "
+                f"has not learned; try a lower --lr or more epochs")
+    return None
 
 
 def read_log(log_path, up_to_epoch):
@@ -739,6 +754,8 @@ def main(argv=None):
         json.dump(results, f, indent=2)
     os.replace(results_path + ".tmp", results_path)
     print("results: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items() if isinstance(v, float)))
+    if dead_run_warning(results):
+        print(dead_run_warning(results))
     written = "ckpt.pt, log.jsonl, results.json" if os.path.exists(ckpt_path) else "results.json (nothing pretrained)"
     print(f"wrote {args.out_dir}/{written}")
 

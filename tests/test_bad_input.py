@@ -181,3 +181,17 @@ def test_analyze_refuses_bad_run_directories_in_one_line(data_dir, tmp_path):
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and says in result.stderr, result.stderr
     assert not (good / "figures").exists()  # every directory is checked before any work
+
+
+def test_a_dead_run_is_named_by_train_and_analyze(data_dir, tmp_path, monkeypatch, capsys):
+    """A decoder that gives the same picture for every input (as a conv AE whose sigmoid saturated)."""
+    import analyze
+    from ae import ConvDecoder
+    assert train.dead_run_warning({"recon_spread": 0.1, "psnr": 20.0}) is None
+    monkeypatch.setattr(ConvDecoder, "forward", lambda self, z: torch.zeros(len(z), 1, 28, 28) + 0 * z.sum())
+    run(data_dir, tmp_path / "dead", *TINY, "--epochs", "1")
+    printed = capsys.readouterr().out
+    assert printed.count("warning: the reconstructions hardly differ between images") == 2  # epoch, results
+    monkeypatch.undo()
+    analyze.main([str(tmp_path / "dead"), "--tsne-iters", "50", "--tsne-per-class", "5"])
+    assert "dead: warning: the reconstructions hardly differ" in capsys.readouterr().out
