@@ -2,12 +2,12 @@
 AE: the plain autoencoder, and the building blocks the DAE, VAE and MCAE reuse.
 
 Two architectures:
-- mlp:  flatten -> Linear/ReLU stack -> latent vector -> mirrored stack -> sigmoid (seeds 001, 003:
-        784-256-64, 784-512-256-z, 784-656-512-256-128-z)
+- mlp:  flatten -> Linear/ReLU stack -> latent vector -> mirrored stack -> sigmoid (the masking tutorial
+        and the MLP denoising report: 784-256-64, 784-512-256-z, 784-656-512-256-128-z)
 - conv: stride-2 Conv2d stack -> latent feature map (C x h x w) -> mirrored ConvTranspose2d stack ->
-        sigmoid (seeds 000, 002). With 4x4 kernels, stride 2, padding 1, three layers take 28x28 to 3x3
-        and 32x32 to 4x4, so 000's 8x3x3 (MNIST) and 48x4x4 (CIFAR-10) latents are
-        `--channels 16,32,64 --latent-channels 8` and `--latent-channels 48`.
+        sigmoid (the DAE-vs-MAE study, the CIFAR-10 assignment). With 4x4 kernels, stride 2, padding 1,
+        three layers take 28x28 to 3x3 and 32x32 to 4x4, so the DAE-vs-MAE study's 8x3x3 (MNIST) and
+        48x4x4 (CIFAR-10) latents are `--channels 16,32,64 --latent-channels 8` and `--latent-channels 48`.
 
 The AE's forward is written once, around one hook: `corrupt(x)` says what the encoder sees. The AE
 shows it the clean image; the DAE (dae.py) adds noise; the MCAE (mcae.py) hides pixels.
@@ -28,7 +28,7 @@ class AEConfig:
     latent_dim: int = 100           # mlp: size of the latent vector
     channels: tuple = (32, 64, 128) # conv: output channels of each stride-2 conv (each halves H, W)
     latent_channels: int = 32       # conv: channels of the latent feature map (C of C x h x w)
-    l1: float = 0.0                 # weight of the L1 penalty on the latent code (sparsity, seed 003)
+    l1: float = 0.0                 # weight of the L1 penalty on the latent code (sparsity, MLP denoising report)
 
 
 # -----------------------------------------------------------------------------
@@ -173,7 +173,8 @@ class AE(nn.Module):
         z = self.encoder(inp)
         recon = self.decoder(z)
         recon_loss = self.reconstruction_loss(recon, x, mask)
-        # L1 on the code pushes most latent units to zero for any one image (003's sparsity penalty)
+        # L1 on the code pushes most latent units to zero for any one image (the MLP denoising report's
+        # sparsity penalty)
         l1_loss = z.abs().mean()
         loss = recon_loss + self.config.l1 * l1_loss
         out = {"recon": recon, "input": inp, "recon_loss": recon_loss.detach(), "l1": l1_loss.detach()}

@@ -3,8 +3,9 @@ DAE: the denoising autoencoder (Vincent et al., 2008). The encoder sees the imag
 added, clipped back to [0, 1]; the loss compares the reconstruction with the clean image, so the
 network must learn what an image looks like rather than copy its input.
 
-Noise is given as a standard deviation. The seeds speak of variance too: variance 0.1 (002, 003) is
-std 0.316, variance 0.01 is std 0.1; 000's "noise factor 0.5" is std 0.5.
+Noise is given as a standard deviation. The studies speak of variance too: variance 0.1 (the CIFAR-10
+assignment, the MLP denoising report) is std 0.316, variance 0.01 is std 0.1; the DAE-vs-MAE study's
+"noise factor 0.5" is std 0.5.
 """
 from dataclasses import dataclass
 

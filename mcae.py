@@ -1,18 +1,18 @@
 """
-MCAE: the masked convolutional autoencoder of seed 002, with seed 001's two kinds of masking. The encoder
-sees the image with some pixels set to 0; the decoder must give back the whole image, so it has to fill
-the hidden part from what is left.
+MCAE: the masked convolutional autoencoder of the CIFAR-10 assignment, with the masking tutorial's two
+kinds of masking. The encoder sees the image with some pixels set to 0; the decoder must give back the
+whole image, so it has to fill the hidden part from what is left.
 
-- pixel: pixels are hidden one at a time, anywhere (001's "random masking"): some neighbour is usually
-         visible, so local interpolation fills the gap.
-- block: square blocks of block_size x block_size pixels are hidden together (001's `block_mask`,
-         patch=8): whole regions are gone and must be inferred from the rest of the image.
+- pixel: pixels are hidden one at a time, anywhere (the tutorial's "random masking"): some neighbour is
+         usually visible, so local interpolation fills the gap.
+- block: square blocks of block_size x block_size pixels are hidden together (the tutorial's
+         `block_mask`, patch=8): whole regions are gone and must be inferred from the rest of the image.
 Either way each image has mask_ratio of its pixels hidden: to within one block per image, and exactly
 on average over images (see random_mask). With mask_ratio 0 nothing is hidden and the MCAE is the
-plain AE, so 001's three levels of difficulty (identity, random pixels, blocks) are three runs of this
-one model.
+plain AE, so the tutorial's three levels of difficulty (identity, random pixels, blocks) are three runs
+of this one model.
 
-Unlike 001's snippet, which draws one mask for the whole batch, each image gets its own mask, drawn
+Unlike the tutorial's snippet, which draws one mask for the whole batch, each image gets its own mask, drawn
 without a Python loop. Masks are drawn in evaluation too: what is evaluated is how well hidden pixels
 are filled, so the caller fixes the random seed around evaluation to make it repeatable.
 """
@@ -28,7 +28,7 @@ from ae import AE, AEConfig
 class MCAEConfig(AEConfig):
     mask_type: str = "block"        # 'pixel': single pixels hidden; 'block': square blocks hidden
     mask_ratio: float = 0.5         # fraction of each image's pixels hidden from the encoder (0: plain AE)
-    block_size: int = 8             # block: side of a square block in pixels (001's patch=8)
+    block_size: int = 8             # block: side of a square block in pixels (the tutorial's patch=8)
     loss_on: str = "all"            # 'all': MSE over every pixel; 'masked': MSE over hidden pixels only
 
 

@@ -366,8 +366,8 @@ def silhouette(features, labels, batch_size=1024):
 def cluster_stats(features, labels):
     """How tightly the classes cluster in feature space. Features (N, D), labels (N,) ints in [0, K) -> dict:
 
-    radius:          (K,) mean Euclidean distance of a class's points to the class centre (seed 000's
-                     measure); nan for a class with no points
+    radius:          (K,) mean Euclidean distance of a class's points to the class centre (the
+                     DAE-vs-MAE study's measure); nan for a class with no points
     spread:          mean distance of all points to the global centre
     relative_radius: (K,) radius / spread, comparable between models whose features differ in scale
     silhouette:      mean silhouette coefficient over all points (see `silhouette`)

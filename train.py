@@ -363,7 +363,7 @@ def linear_probe(train_features, train_labels, test_features, test_labels, num_c
 def make_head(kind, dim, num_classes):
     if kind == "linear":
         return nn.Linear(dim, num_classes)
-    # seed 000's DAE head: three linear layers with normalisation, ReLU and dropout between them
+    # the DAE-vs-MAE study's DAE head: three linear layers with normalisation, ReLU and dropout between them
     return nn.Sequential(nn.Linear(dim, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(0.3),
                          nn.Linear(256, 128), nn.BatchNorm1d(128), nn.ReLU(), nn.Dropout(0.3),
                          nn.Linear(128, num_classes))
@@ -609,8 +609,8 @@ def parse_args(argv=None):
                    "(default: linear,knn)")
     g.add_argument("--finetune-epochs", type=positive_int, default=10, help="(default: 10)")
     g.add_argument("--head", choices=["linear", "mlp"], default="linear",
-                   help="fine-tuning head: linear, or mlp = seed 000's 3 layers with BatchNorm/ReLU/dropout "
-                   "(default: linear)")
+                   help="fine-tuning head: linear, or mlp = the DAE-vs-MAE study's 3 layers with "
+                   "BatchNorm/ReLU/dropout (default: linear)")
     g.add_argument("--head-lr", type=positive, default=1e-3, help="fine-tuning lr of the head (default: 1e-3)")
     g.add_argument("--finetune-lr", type=positive, default=None,
                    help="fine-tuning lr of the encoder (default: same as --head-lr)")

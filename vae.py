@@ -1,6 +1,7 @@
 """
 VAE: the variational autoencoder (Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014), as
-in seed 002: a Gaussian latent, the reparameterization trick, a KL term, and sampling from the prior.
+in the CIFAR-10 assignment: a Gaussian latent, the reparameterization trick, a KL term, and sampling
+from the prior.
 
 The encoder gives, for each image, a Gaussian q(z|x) = N(mu, diag(exp(logvar))) over a latent vector of
 latent_dim numbers; the decoder maps a draw of z back to an image. The loss is the negative ELBO:
