@@ -1,26 +1,29 @@
 """
-Every figure and table of the seed documents, drawn from finished runs.
+Every figure and table of the four autoencoder studies nanoAE reproduces, drawn from finished runs.
+In brackets, the studies that show each one: DvM = the DAE-vs-MAE study (MNIST, CIFAR-10),
+Mask = the masking tutorial (three levels of masking), C10 = the CIFAR-10 AE/DAE/VAE/MCAE assignment,
+MLP = the report on MLP denoising AEs (MNIST, Fashion-MNIST).
 
     python analyze.py out/ae-fashion-mnist out/dae-fashion-mnist out/mae-fashion-mnist
 
 Per run, in RUN_DIR/figures/:
-    reconstructions.png   original / what the encoder saw / reconstruction        (000, 002, 003)
+    reconstructions.png   original / what the encoder saw / reconstruction        (DvM, C10, MLP)
     curves.png            train and test loss, PSNR, and for the VAE KL and reconstruction loss, per epoch
-    tsne.png              t-SNE of the latents of clean and of noisy test images  (000, 002)
-    saliency.png          AE, DAE, VAE, MCAE: how strongly each pixel moves the latent code (000)
-    attention.png         MAE: last-layer CLS attention of every head              (000)
-    weights.png           histogram of every weight tensor, no norm layers, no biases (000)
-    interpolation.png     models with a decoder: walking the latent line between two images (002)
-    arithmetic.png        models with a decoder: class-mean latent arithmetic, e.g. dog - cat + bird (002)
-    vae_samples.png       VAE: images decoded from the prior                       (002)
-    error_heatmaps.png    MCAE, MAE: per-pixel squared error at mask ratios 0.1, 0.3, 0.5 (002)
+    tsne.png              t-SNE of the latents of clean and of noisy test images  (DvM, C10)
+    saliency.png          AE, DAE, VAE, MCAE: how strongly each pixel moves the latent code (DvM)
+    attention.png         MAE: last-layer CLS attention of every head              (DvM)
+    weights.png           histogram of every weight tensor, no norm layers, no biases (DvM)
+    interpolation.png     models with a decoder: walking the latent line between two images (C10)
+    arithmetic.png        models with a decoder: class-mean latent arithmetic, e.g. dog - cat + bird (C10)
+    vae_samples.png       VAE: images decoded from the prior                       (C10)
+    error_heatmaps.png    MCAE, MAE: per-pixel squared error at mask ratios 0.1, 0.3, 0.5 (C10)
 
 Comparing the runs, in --out (default: the parent of the first run dir):
-    figures/psnr_per_epoch.png, figures/loss_per_epoch.png   (002, 003)
-    figures/psnr_vs_noise.png    AE and DAE runs: PSNR against the variance of the input noise (003)
-    figures/vae_vs_ae.png        a VAE and an AE run of one dataset: originals and both reconstructions (002)
-    figures/three_levels.png     MCAE runs hiding nothing, random pixels and blocks (001)
-    report.md                    accuracy, reconstruction and cluster tables, links to every figure (000, 002)
+    figures/psnr_per_epoch.png, figures/loss_per_epoch.png   (C10, MLP)
+    figures/psnr_vs_noise.png    AE and DAE runs: PSNR against the variance of the input noise (MLP)
+    figures/vae_vs_ae.png        a VAE and an AE run of one dataset: originals and both reconstructions (C10)
+    figures/three_levels.png     MCAE runs hiding nothing, random pixels and blocks (Mask)
+    report.md                    accuracy, reconstruction and cluster tables, links to every figure (DvM, C10)
 
 Everything is computed on a fixed subset of the test set (a few images per figure, a few hundred per
 class for t-SNE), so a handful of runs takes a few minutes on a CPU.
@@ -50,12 +53,12 @@ from mcae import hidden_psnr
 plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "figure.titlesize": 11, "legend.fontsize": 8})
 
 N_IMAGES = 8                                  # test images per image figure
-NOISE_VARIANCES = [0.01, 0.02, 0.05, 0.1]     # 003's noise levels, as variances
-MASK_RATIOS = [0.1, 0.3, 0.5]                 # 002's MCAE mask ratios
+NOISE_VARIANCES = [0.01, 0.02, 0.05, 0.1]     # the MLP report's noise levels, as variances
+MASK_RATIOS = [0.1, 0.3, 0.5]                 # the CIFAR-10 assignment's MCAE mask ratios
 DEFAULT_NOISE_STD = 0.316                     # t-SNE of noisy inputs for models trained without noise: variance 0.1
 AE_FAMILY = ("ae", "dae", "vae", "mcae")      # encoders that saliency maps are drawn for
-# class-mean latent arithmetic a - b + c, by class name: 002's dog - cat + bird, and one triple in the
-# same spirit for the other datasets (what b lacks and a has, added to c)
+# class-mean latent arithmetic a - b + c, by class name: the CIFAR-10 assignment's dog - cat + bird, and
+# one triple in the same spirit for the other datasets (what b lacks and a has, added to c)
 ARITHMETIC = {
     "mnist": ("7", "1", "0"),
     "fashion-mnist": ("Ankle boot", "Sneaker", "Sandal"),
@@ -300,7 +303,7 @@ def plot_curves(run):
     epochs = [e["epoch"] for e in run.log]
     panels = [("loss", loss_description(run), [("train", "train_loss"), ("test", "test_loss")]),
               ("test PSNR", "PSNR (dB)", [("test", "psnr")])]
-    if "kl" in run.log[0]:  # the VAE's two terms of the loss (002)
+    if "kl" in run.log[0]:  # the VAE's two terms of the loss (C10)
         panels += [("KL divergence", "KL (nats / image)", [("train", "kl"), ("test", "test_kl")]),
                    ("reconstruction loss", "-log p(x|z) (nats / image)",
                     [("train", "recon_loss"), ("test", "test_recon_loss")])]
@@ -331,8 +334,8 @@ def scatter_classes(ax, embedding, labels, classes):
 
 @torch.no_grad()
 def plot_tsne(run, per_class, n_iter):
-    """t-SNE of the latents of the same test images, clean and noisy (002); keeps the cluster
-    statistics of the clean latents for the report (000's class radius)."""
+    """t-SNE of the latents of the same test images, clean and noisy (C10); keeps the cluster
+    statistics of the clean latents for the report (DvM's class radius)."""
     idx = balanced_indices(run.data.test_y, per_class)
     x = test_images(run, idx)
     labels = run.data.test_y[idx.to(run.data.test_y.device)].cpu()
@@ -659,7 +662,7 @@ def plot_vae_vs_ae(runs, path):
 
 
 def three_level_runs(runs):
-    """001's three levels from MCAE runs of one dataset: nothing hidden, random pixels, blocks."""
+    """The masking tutorial's three levels from MCAE runs of one dataset: nothing hidden, random pixels, blocks."""
     by_dataset = {}
     for run in runs:
         if run.kind != "mcae":
@@ -667,7 +670,7 @@ def three_level_runs(runs):
         config = run.model.config
         level = "identity" if config.mask_ratio == 0 else config.mask_type
         levels = by_dataset.setdefault(run.args["dataset"], {})
-        # of several runs of one level (a sweep of ratios), show the most masked: 001's ratio 0.5
+        # of several runs of one level (a sweep of ratios), show the most masked: the tutorial's ratio 0.5
         if level not in levels or config.mask_ratio > levels[level].model.config.mask_ratio:
             levels[level] = run
     for levels in by_dataset.values():
@@ -776,7 +779,7 @@ def runs_section(runs):
 
 
 def accuracy_section(runs):
-    """One column per protocol that ran in any of the runs (000's accuracy table)."""
+    """One column per protocol that ran in any of the runs (DvM's accuracy table)."""
     protocols = [(key, label) for key, label in [("linear_acc", "linear probe"), ("knn_acc", "k-NN"),
                                                  ("finetune_acc", "fine-tune")]
                  if any(key in run.results for run in runs)]
@@ -805,7 +808,7 @@ def reconstruction_section(runs):
 
 @torch.no_grad()
 def filling_section(runs, n=1000):
-    """What training with masks buys (002): each MCAE against the plain AE (an MCAE run with mask ratio 0
+    """What training with masks buys (C10): each MCAE against the plain AE (an MCAE run with mask ratio 0
     of the same dataset) given the very same masked test images."""
     plain = {run.args["dataset"]: run for run in runs if run.kind == "mcae" and run.model.config.mask_ratio == 0}
     rows = []
@@ -831,7 +834,7 @@ def filling_section(runs, n=1000):
 
 
 def cluster_section(runs):
-    """000's cluster radius per class, in the t-SNE embedding and in the latent space; one table per
+    """DvM's cluster radius per class, in the t-SNE embedding and in the latent space; one table per
     dataset, since the classes differ."""
     by_dataset = {}
     for run in runs:
@@ -840,7 +843,7 @@ def cluster_section(runs):
     if not by_dataset:
         return []
     lines = ["## Clusters", "",
-             "Radius of a class: the mean distance of its points to their centre (seed 000), over the "
+             "Radius of a class: the mean distance of its points to their centre (as the DAE-vs-MAE study), over the "
              "clean test images of the t-SNE figure. In the 2-D t-SNE embedding it is in t-SNE units; in "
              "the latent space it is divided by the mean distance of all points to the overall centre, "
              "so models with latents of different sizes and scales compare fairly. Smaller is tighter; "

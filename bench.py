@@ -9,7 +9,7 @@ What it measures:
 - pretraining images/s of every model at MNIST (28x28x1) and CIFAR-10 (32x32x3) shapes, and the
   share of a step spent outside forward/backward/optimizer (slicing the resident uint8 data,
   converting to float, per-image colour jitter for cifar10-jitter)
-- the MAE at seed 000's MNIST shape (patch 2, embed 64, depth 6, 4 heads, decoder 64 x 2, batch 256):
+- the MAE at the DAE-vs-MAE study's MNIST shape (patch 2, embed 64, depth 6, 4 heads, decoder 64 x 2, batch 256):
   images/s, achieved GFLOP/s (FLOPs counted by torch's FlopCounterMode), and the speed-up of the
   fused attention (F.scaled_dot_product_attention) over the written-out softmax(q k^T) v, and where
   a step's time goes (torch.profiler, operators grouped: matmul, attention, GELU, copies, ...)
@@ -32,9 +32,9 @@ import mae as mae_module
 import metrics
 import train
 
-# seed 000's shapes: MNIST MAE (patch 2, embed 64, latent 50x64) and CIFAR-10 MAE (embed 192)
-MAE_000_MNIST = dict(patch_size=2, embed_dim=64, depth=6, num_heads=4, decoder_embed_dim=64, decoder_depth=2)
-MAE_000_CIFAR = dict(patch_size=2, embed_dim=192, depth=6, num_heads=4, decoder_embed_dim=64, decoder_depth=2)
+# the DAE-vs-MAE study's shapes: MNIST MAE (patch 2, embed 64, latent 50x64) and CIFAR-10 MAE (embed 192)
+MAE_STUDY_MNIST = dict(patch_size=2, embed_dim=64, depth=6, num_heads=4, decoder_embed_dim=64, decoder_depth=2)
+MAE_STUDY_CIFAR = dict(patch_size=2, embed_dim=192, depth=6, num_heads=4, decoder_embed_dim=64, decoder_depth=2)
 DATASET_SHAPES = {"mnist": (1, 28, False), "cifar10": (3, 32, False), "cifar10-jitter": (3, 32, True)}
 
 
@@ -108,13 +108,13 @@ def step_flops(model, batch):
 
 def bench_attention_paths(batch_size, steps, device):
     """MAE pretraining images/s with the fused attention and with the written-out one."""
-    fused = bench_pretraining("mae", "mnist", batch_size, steps, device, **MAE_000_MNIST)
+    fused = bench_pretraining("mae", "mnist", batch_size, steps, device, **MAE_STUDY_MNIST)
     fused_forward = mae_module.Attention.forward
     try:  # every attention call takes the written-out path (and throws its weights away)
         mae_module.Attention.forward = lambda self, x, return_attention=False: \
             fused_forward(self, x, return_attention=True) if return_attention else \
             fused_forward(self, x, return_attention=True)[0]
-        written_out = bench_pretraining("mae", "mnist", batch_size, steps, device, **MAE_000_MNIST)
+        written_out = bench_pretraining("mae", "mnist", batch_size, steps, device, **MAE_STUDY_MNIST)
     finally:
         mae_module.Attention.forward = fused_forward
     return fused, written_out
@@ -242,7 +242,7 @@ def main():
             if model_name == "mae":
                 if args.quick and dataset != "mnist":
                     continue  # the 65-token, 192-wide CIFAR-10 MAE takes seconds a step on a CPU
-                config = MAE_000_MNIST if dataset == "mnist" else MAE_000_CIFAR
+                config = MAE_STUDY_MNIST if dataset == "mnist" else MAE_STUDY_CIFAR
             row = bench_pretraining(model_name, dataset, 256, steps, device, args.compile, **config)
             row.pop("model_obj"), row.pop("batch")
             report["pretraining"].append(row)
@@ -251,13 +251,13 @@ def main():
 
     fused, written = bench_attention_paths(256, steps, device)
     flops = step_flops(fused["model_obj"], fused["batch"])
-    report["mae_000_mnist"] = {
+    report["mae_study_mnist"] = {
         "images_per_s": fused["images_per_s"], "written_out_images_per_s": written["images_per_s"],
         "sdpa_speedup": fused["images_per_s"] / written["images_per_s"],
         "gflop_per_step": flops / 1e9, "achieved_gflops": flops / 1e9 / (fused["ms_per_step"] / 1000),
     }
-    m = report["mae_000_mnist"]
-    print(f"\nMAE at 000's MNIST shape, batch 256: {m['images_per_s']:.0f} img/s fused attention, "
+    m = report["mae_study_mnist"]
+    print(f"\nMAE at the DAE-vs-MAE study's MNIST shape, batch 256: {m['images_per_s']:.0f} img/s fused attention, "
           f"{m['written_out_images_per_s']:.0f} written out (x{m['sdpa_speedup']:.2f}); "
           f"{m['gflop_per_step']:.1f} GFLOP/step -> {m['achieved_gflops']:.0f} GFLOP/s "
           f"({100 * m['achieved_gflops'] / report['matmul_gflops']:.0f}% of matmul)")
