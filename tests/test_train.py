@@ -167,7 +167,7 @@ def test_ae_shapes_and_contract(arch, channels, size):
 
 
 def test_seed_latent_shapes_are_expressible():
-    """000's DAE latents: 8x3x3 on MNIST, 48x4x4 on CIFAR-10; 003's deep MLP ends in z."""
+    """The DAE-vs-MAE study's DAE latents: 8x3x3 on MNIST, 48x4x4 on CIFAR-10; the MLP report's deep MLP ends in z."""
     assert AE(AEConfig(1, 28, channels=(16, 32, 64), latent_channels=8)).latent_shape == (8, 3, 3)
     assert AE(AEConfig(3, 32, latent_channels=48)).latent_shape == (48, 4, 4)
     deep = AE(AEConfig(1, 28, arch="mlp", hidden=(656, 512, 256, 128), latent_dim=15))
