@@ -2,12 +2,13 @@
 AE: the plain autoencoder, and the building blocks the DAE, VAE and MCAE reuse.
 
 Two architectures:
-- mlp:  flatten -> Linear/ReLU stack -> latent vector -> mirrored stack -> sigmoid (the masking tutorial
-        and the MLP denoising report: 784-256-64, 784-512-256-z, 784-656-512-256-128-z)
-- conv: stride-2 Conv2d stack -> latent feature map (C x h x w) -> mirrored ConvTranspose2d stack ->
-        sigmoid (the DAE-vs-MAE study, the CIFAR-10 assignment). With 4x4 kernels, stride 2, padding 1,
-        three layers take 28x28 to 3x3 and 32x32 to 4x4, so the DAE-vs-MAE study's 8x3x3 (MNIST) and
-        48x4x4 (CIFAR-10) latents are `--channels 16,32,64 --latent-channels 8` and `--latent-channels 48`.
+- mlp:  flatten -> Linear/LayerNorm/ReLU stack -> latent vector -> mirrored stack -> sigmoid (the
+        masking tutorial and the MLP denoising report: 784-256-64, 784-512-256-z, 784-656-512-256-128-z)
+- conv: stride-2 Conv2d/BatchNorm/ReLU stack -> latent feature map (C x h x w) -> mirrored
+        ConvTranspose2d stack -> sigmoid (the DAE-vs-MAE study, the CIFAR-10 assignment). With 4x4
+        kernels, stride 2, padding 1, three layers take 28x28 to 3x3 and 32x32 to 4x4, so the DAE-vs-MAE
+        study's 8x3x3 (MNIST) and 48x4x4 (CIFAR-10) latents are `--channels 16,32,64 --latent-channels 8`
+        and `--latent-channels 48`.
 
 The AE's forward is written once, around one hook: `corrupt(x)` says what the encoder sees. The AE
 shows it the clean image; the DAE (dae.py) adds noise; the MCAE (mcae.py) hides pixels.
@@ -112,7 +113,7 @@ def start_output_at_mean(decoder, mean_image):
     """Set the bias of the decoder's last layer so that, before any training, it outputs the data's
     mean image: (C, H, W) in [0, 1], per pixel for an MLP decoder, per channel for a conv one.
 
-    Why: the untrained decoder outputs sigmoid(0) = 0.5 everywhere, while MNIST is 87% black. The first
+    Why: the untrained decoder outputs sigmoid(0) = 0.5 everywhere, while MNIST's mean pixel is 0.12. The first
     steps then push every pre-sigmoid value down at once and overshoot far below zero, where the sigmoid
     is flat: under MSE its gradient there, sigmoid' = s(1 - s), is ~0, so the output can stay black for
     good. Starting at the mean removes that first big push ("init well", Karpathy's recipe for training

@@ -934,8 +934,9 @@ def main(argv=None):
         runs = load_runs(args.run_dirs, args.device, args.data_dir)
         print(f"loaded {len(runs)} run(s) in {time.time() - t0:.1f}s: {', '.join(run.name for run in runs)}")
         for run in runs:
-            if train.dead_run_warning(run.results):
-                print(f"{run.name}: {train.dead_run_warning(run.results)}")
+            warning = train.dead_run_warning(run.results)
+            if warning:
+                print(f"{run.name}: {warning}")
         for run in runs:
             t = time.time()
             draw_run_figures(run, args)

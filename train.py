@@ -96,8 +96,8 @@ def load_split(dataset, data_dir, train):
         except Exception:
             hint = " (or: apt-get install dataset-fashion-mnist)" if dataset == "fashion-mnist" else ""
             raise RunError(f"{dataset} is not in {os.path.abspath(data_dir)} and could not be downloaded "
-                            f"(offline?). Put torchvision's files in "
-                            f"{os.path.join(os.path.abspath(data_dir), folder)}/ or pass --data-dir{hint}.") from None
+                           f"(offline?). Put torchvision's files in "
+                           f"{os.path.join(os.path.abspath(data_dir), folder)}/ or pass --data-dir{hint}.") from None
     images = torch.as_tensor(ds.data)
     images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)  # (N, C, H, W)
     assert images.shape[1:] == (channels, size, size), images.shape
@@ -248,7 +248,7 @@ def load_checkpoint(path, model_name=None):
                        f"or use another --out-dir")
     if model_name is not None and ckpt["model_name"] != model_name:
         raise RunError(f"{path} holds a {ckpt['model_name']} model, not {model_name}: "
-                        f"use another --out-dir or --model {ckpt['model_name']}")
+                       f"use another --out-dir or --model {ckpt['model_name']}")
     return ckpt
 
 
@@ -504,8 +504,9 @@ def pretrain(model, data, args, optimizer, start_epoch, log_path):
         print(f"epoch {epoch + 1}/{args.epochs} | train {entry['train_loss']:.4f} | test {entry['test_loss']:.4f}"
               f"{extra} | psnr {entry['psnr']:.2f} dB | ssim {entry['ssim']:.3f} | {n / seconds:.0f} img/s "
               f"| {seconds:.1f}s | eta {format_seconds(seconds * (args.epochs - epoch - 1))}", flush=True)
-        if dead_run_warning(test_stats):
-            print(dead_run_warning(test_stats), flush=True)
+        warning = dead_run_warning(test_stats)
+        if warning:
+            print(warning, flush=True)
         with open(log_path, "a") as f:  # log first: a crash before the checkpoint leaves a line to trim
             f.write(json.dumps(entry) + "\n")
         save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
@@ -690,12 +691,29 @@ def check_device(p, device):
         device = torch.device(device)
     except RuntimeError:
         p.error(f"--device: unknown device {device!r} (use cpu, cuda, cuda:N or mps)")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        p.error(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA GPU(s) here (use --device cpu)")
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device {device}: torch sees no CUDA GPU here (use --device cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        p.error(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA GPU(s) here (use --device cpu)")
     if device.type == "mps" and not torch.backends.mps.is_available():
         p.error("--device mps: no Apple GPU here (use --device cpu)")
+
+
+def check_out_dir(args, ckpt_path, results_path):
+    """Refuse to start over a finished or interrupted run by accident, and fail now, not after an epoch,
+    if --out-dir cannot be written."""
+    finished = [os.path.basename(p) for p in (ckpt_path, results_path) if os.path.exists(p)]
+    if finished and not args.resume and not args.overwrite:
+        raise RunError(f"{args.out_dir} already holds a run ({', '.join(finished)}): continue it with --resume, "
+                       f"start over with --overwrite, or pick another --out-dir")
+    created = not os.path.isdir(args.out_dir)
+    os.makedirs(args.out_dir, exist_ok=True)
+    probe = os.path.join(args.out_dir, ".write-test")
+    with open(probe, "w"):
+        pass
+    os.remove(probe)
+    if created:  # made again once there is something to write: a run that fails to start leaves no trace
+        os.rmdir(args.out_dir)
 
 
 def main(argv=None):
@@ -727,8 +745,8 @@ def main(argv=None):
             changed = {k: (v, dataclasses.asdict(config)[k]) for k, v in ckpt["config"].items()
                        if dataclasses.asdict(config).get(k) != v}
             raise RunError(f"{ckpt_path} was trained with other model settings "
-                            f"({', '.join(f'{k}: {a} -> {b}' for k, (a, b) in changed.items())}): "
-                            f"repeat the original flags or use another --out-dir")
+                           f"({', '.join(f'{k}: {a} -> {b}' for k, (a, b) in changed.items())}): "
+                           f"repeat the original flags or use another --out-dir")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch = ckpt["epoch"]
@@ -754,27 +772,11 @@ def main(argv=None):
         json.dump(results, f, indent=2)
     os.replace(results_path + ".tmp", results_path)
     print("results: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items() if isinstance(v, float)))
-    if dead_run_warning(results):
-        print(dead_run_warning(results))
+    warning = dead_run_warning(results)
+    if warning:
+        print(warning)
     written = "ckpt.pt, log.jsonl, results.json" if os.path.exists(ckpt_path) else "results.json (nothing pretrained)"
     print(f"wrote {args.out_dir}/{written}")
-
-
-def check_out_dir(args, ckpt_path, results_path):
-    """Refuse to start over a finished or interrupted run by accident, and fail now, not after an epoch,
-    if --out-dir cannot be written."""
-    finished = [os.path.basename(p) for p in (ckpt_path, results_path) if os.path.exists(p)]
-    if finished and not args.resume and not args.overwrite:
-        raise RunError(f"{args.out_dir} already holds a run ({', '.join(finished)}): continue it with --resume, "
-                       f"start over with --overwrite, or pick another --out-dir")
-    created = not os.path.isdir(args.out_dir)
-    os.makedirs(args.out_dir, exist_ok=True)
-    probe = os.path.join(args.out_dir, ".write-test")
-    with open(probe, "w"):
-        pass
-    os.remove(probe)
-    if created:  # made again once there is something to write: a run that fails to start leaves no trace
-        os.rmdir(args.out_dir)
 
 
 if __name__ == "__main__":
