@@ -178,7 +178,9 @@ class AE(nn.Module):
         # sparsity penalty)
         l1_loss = z.abs().mean()
         loss = recon_loss + self.config.l1 * l1_loss
-        out = {"recon": recon, "input": inp, "recon_loss": recon_loss.detach(), "l1": l1_loss.detach()}
+        out = {"recon": recon, "input": inp}
+        if self.config.l1 > 0:  # two terms: report each (train.py logs every scalar in out)
+            out.update(recon_loss=recon_loss.detach(), l1=l1_loss.detach())
         if mask is not None:
             out["mask"] = mask
         return loss, out

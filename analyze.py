@@ -48,6 +48,7 @@ from matplotlib.ticker import MaxNLocator
 
 import metrics
 import train
+from data import Data, RunError, load_data, to_float
 from mcae import hidden_psnr
 
 plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "figure.titlesize": 11, "legend.fontsize": 8})
@@ -85,7 +86,7 @@ class Run:
     args: dict              # train.py's arguments
     log: list               # one dict per epoch (log.jsonl)
     results: dict           # results.json (empty if the run stopped before writing it)
-    data: train.Data        # the run's dataset
+    data: Data        # the run's dataset
     figures: dict = dataclasses.field(default_factory=dict)  # figure name -> path written
     stats: dict = dataclasses.field(default_factory=dict)    # numbers computed here, for report.md
 
@@ -116,7 +117,7 @@ def load_runs(run_dirs, device, data_dir=None):
         # the jittered CIFAR-10 test set is drawn from the run's seed, so it is part of the key
         key = (dataset, args["seed"] if dataset == "cifar10-jitter" else 0)
         if key not in datasets:
-            datasets[key] = train.load_data(dataset, data_dir or args["data_dir"], device, seed=args["seed"])
+            datasets[key] = load_data(dataset, data_dir or args["data_dir"], device, seed=args["seed"])
         results_path = os.path.join(run_dir, "results.json")
         results = json.load(open(results_path)) if os.path.exists(results_path) else {}
         runs.append(Run(name, run_dir, model, ckpt["model_name"], args,
@@ -146,7 +147,7 @@ def balanced_indices(labels, per_class):
 
 def test_images(run, idx):
     """Test images idx of the run's dataset as floats in [0, 1] on the run's device: (n, C, H, W)."""
-    return train.to_float(run.data.test_x[idx.to(run.data.test_x.device)])
+    return to_float(run.data.test_x[idx.to(run.data.test_x.device)])
 
 
 def noise_std(run):
@@ -951,7 +952,7 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (AnalyzeError, train.RunError) as e:
+    except (AnalyzeError, RunError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except OSError as e:  # an unwritable --out, an unreadable file: the file and the reason

@@ -31,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import mae as mae_module
 import metrics
 import train
+from data import Data, RunError, load_data, to_float
 
 # the DAE-vs-MAE study's shapes: MNIST MAE (patch 2, embed 64, latent 50x64) and CIFAR-10 MAE (embed 192)
 MAE_STUDY_MNIST = dict(patch_size=2, embed_dim=64, depth=6, num_heads=4, decoder_embed_dim=64, decoder_depth=2)
@@ -65,13 +66,13 @@ def fake_data(dataset, n, device):
     channels, size, jitter = DATASET_SHAPES[dataset]
     images = torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 10, (n,), device=device)
-    return train.Data(images, labels, images[:1000], labels[:1000], jitter, [str(i) for i in range(10)])
+    return Data(images, labels, images[:1000], labels[:1000], jitter, [str(i) for i in range(10)])
 
 
 def bench_pretraining(model_name, dataset, batch_size, steps, device, compile_model=False, **config):
     """Images/s of pretraining steps, and the share of step time spent preparing the batch."""
     data = fake_data(dataset, 20 * batch_size, device)
-    model_cls, config_cls = train.MODELS[model_name]
+    model_cls, config_cls, _ = train.MODELS[model_name]
     model = model_cls(config_cls(in_channels=data.train_x.shape[1], image_size=data.train_x.shape[2], **config))
     model = model.to(device).train()
     forward = torch.compile(model) if compile_model else model
@@ -161,10 +162,10 @@ def profile_step(model, batch, device, steps=2):
 def tsne_features(n):
     """(n, 50) features with class labels: PCA of real Fashion-MNIST test images when installed."""
     try:
-        data = train.load_data("fashion-mnist", "./data", "cpu")
-        x = train.to_float(data.test_x[:n]).flatten(1)
+        data = load_data("fashion-mnist", "./data", "cpu")
+        x = to_float(data.test_x[:n]).flatten(1)
         labels = data.test_y[:n]
-    except train.RunError:  # no data: Gaussian blobs in 50-D, 10 classes
+    except RunError:  # no data: Gaussian blobs in 50-D, 10 classes
         gen = torch.Generator().manual_seed(0)
         labels = torch.randint(0, 10, (n,), generator=gen)
         x = torch.randn(10, 50, generator=gen)[labels] * 3 + torch.randn(n, 50, generator=gen)

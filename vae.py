@@ -82,20 +82,18 @@ class VAE(nn.Module):
         self.to_mu = nn.Linear(n_features, D)
         # the log of the variance, so that any real output is a valid (positive) variance
         self.to_logvar = nn.Linear(n_features, D)
-        self.kl_weight = self.kl_weight_at(0)
+        self.epoch = 0  # the training epoch: train.py sets it before each one, the KL warm-up reads it
 
     # -------------------------------------------------------------------------
-    # KL warm-up: train.py calls start_epoch(epoch) before each training epoch
+    # KL warm-up
 
-    def kl_weight_at(self, epoch):
+    @property
+    def kl_weight(self):
         """beta * min(1, (epoch + 1) / (n + 1)) for n = kl_warmup_epochs: epoch 0 gets beta / (n + 1),
-        epoch n and later get beta. n = 0 gives beta from the start."""
+        epoch n and later get beta. n = 0 gives beta from the start. Derived from the epoch rather than
+        saved, so a resumed run picks up the right weight."""
         n = self.config.kl_warmup_epochs
-        return self.config.beta * min(1.0, (epoch + 1) / (n + 1))
-
-    def start_epoch(self, epoch):
-        # derived from the epoch rather than saved, so a resumed run picks up the right weight
-        self.kl_weight = self.kl_weight_at(epoch)
+        return self.config.beta * min(1.0, (self.epoch + 1) / (n + 1))
 
     # -------------------------------------------------------------------------
     # encoder, decoder, sampling
@@ -124,16 +122,6 @@ class VAE(nn.Module):
             device = next(self.parameters()).device
         z = torch.randn(n, self.config.latent_dim, device=device)
         return self.decode(z)
-
-    @torch.no_grad()
-    def kl_per_dim(self, x):
-        """Mean KL of each latent dimension over the batch x, in nats: -> (D,). Its sum is the per-image KL.
-
-        A dimension whose KL stays near 0 (below ~0.01) has q(z_j|x) = prior for every image: the decoder
-        ignores it. Counting the others gives the number of active dimensions.
-        """
-        mu, logvar = self.posterior(x)
-        return gaussian_kl(mu, logvar).mean(0)
 
     # -------------------------------------------------------------------------
     # the loss

@@ -75,7 +75,7 @@ def tiny_datasets(root, monkeypatch):
     make_mnist_like(root, "FashionMNIST", seed=2)
     make_cifar10(root, seed=3)
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
-    monkeypatch.setattr("train.DEBIAN_FASHION_MNIST", os.path.join(root, "no-debian-here"))
+    monkeypatch.setattr("data.DEBIAN_FASHION_MNIST", os.path.join(root, "no-debian-here"))
     return root
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import train
+from data import Data, RunError
 from ae import AE
 from test_train import ROOT, run
 
@@ -58,7 +59,7 @@ def test_a_finished_run_is_not_overwritten(data_dir, tmp_path):
     out = tmp_path / "run"
     run(data_dir, out, *TINY, "--epochs", "1")
     before = files_digest(out)
-    with pytest.raises(train.RunError, match="already holds a run .*--resume.*--overwrite"):
+    with pytest.raises(RunError, match="already holds a run .*--resume.*--overwrite"):
         run(data_dir, out, *TINY, "--epochs", "1")
     assert files_digest(out) == before
     run(data_dir, out, *TINY, "--epochs", "2", "--overwrite")  # asked for: starts over
@@ -76,12 +77,12 @@ def test_a_damaged_checkpoint_is_one_line(data_dir, tmp_path, damage):
         (out / "ckpt.pt").write_bytes(os.urandom(4096))
     else:
         torch.save({"weights": torch.zeros(3)}, out / "ckpt.pt")
-    with pytest.raises(train.RunError, match="ckpt.pt is damaged or not a nanoAE checkpoint"):
+    with pytest.raises(RunError, match="ckpt.pt is damaged or not a nanoAE checkpoint"):
         run(data_dir, out, *TINY, "--epochs", "2", "--resume")
 
 
 def test_a_missing_dataset_leaves_no_run_directory(tmp_path):
-    with pytest.raises(train.RunError, match="mnist is not in"):
+    with pytest.raises(RunError, match="mnist is not in"):
         train.main([*TINY, "--data-dir", str(tmp_path / "no-data"), "--out-dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
 
@@ -104,7 +105,7 @@ def test_runtime_errors_are_one_line_without_a_trace(data_dir, tmp_path):
 
 def test_nan_in_the_first_epoch_says_nothing_was_saved(data_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(AE, "reconstruction_loss", lambda self, recon, x, mask: recon.sum() * float("nan"))
-    with pytest.raises(FloatingPointError, match="epoch 1, step 1; nothing was saved"):
+    with pytest.raises(FloatingPointError, match="at step 1 of epoch 1; nothing was saved"):
         run(data_dir, tmp_path / "nan", *TINY, "--epochs", "2")
     assert not (tmp_path / "nan" / "ckpt.pt").exists()
 
@@ -148,7 +149,7 @@ def test_resume_after_a_stop_ends_like_the_uninterrupted_run(data_dir, tmp_path,
     straight = run(data_dir, tmp_path / "straight", *flags)
 
     if where == "during an epoch":  # the 2nd epoch's first batch (64 images / 32 a batch = 2 a epoch)
-        stop_at_call(monkeypatch, train.Data, "train_batch", 3)
+        stop_at_call(monkeypatch, Data, "train_batch", 3)
     elif where == "during evaluation":  # after the 2nd epoch's training, before its checkpoint
         stop_at_call(monkeypatch, train, "evaluate", 2)
     else:  # the 2nd epoch's checkpoint

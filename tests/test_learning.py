@@ -8,6 +8,7 @@ import pytest
 
 import metrics
 import train
+from data import load_data, to_float
 from conftest import DEBIAN_FASHION_MNIST, MNIST_DEV, needs_fashion_mnist, needs_mnist_dev
 
 AE_FAMILY = [
@@ -19,9 +20,9 @@ AE_FAMILY = [
 def mean_image_psnr(dataset, data_dir):
     """PSNR of the training set's mean image against every test image: what a model that ignores its
     input scores, so a model that learned nothing lands here or below."""
-    data = train.load_data(dataset, data_dir, "cpu", train_size=4000)
-    mean = train.to_float(data.train_x).mean(0, keepdim=True)  # (1, C, H, W)
-    test = train.to_float(data.test_x)
+    data = load_data(dataset, data_dir, "cpu", train_size=4000)
+    mean = to_float(data.train_x).mean(0, keepdim=True)  # (1, C, H, W)
+    test = to_float(data.test_x)
     return metrics.psnr(mean.expand_as(test), test).mean().item()
 
 

@@ -257,31 +257,6 @@ def test_encode_sees_the_whole_image(pool):
     assert torch.allclose(model.encode(x[2:3]), z[2:3], atol=1e-5)
 
 
-def test_param_groups_lrd_cover_the_encoder_only():
-    model = MAE(tiny_config(depth=3))
-    groups = model.param_groups_lrd(lr=1e-3, weight_decay=0.05, layer_decay=0.5)
-    grouped = [p for g in groups for p in g["params"]]
-    encoder = list(model.encoder_parameters())
-    assert len(grouped) == len(encoder) == len({id(p) for p in grouped})
-    assert {id(p) for p in grouped} == {id(p) for p in encoder}
-    decoder_ids = {id(p) for n, p in model.named_parameters() if n.startswith(("decoder", "mask_token"))}
-    assert decoder_ids and not decoder_ids & {id(p) for p in grouped}
-
-    def group_of(param):
-        return next(g for g in groups if any(p is param for p in g["params"]))
-
-    depth = 3
-    checks = [(model.patch_embed.weight, 0, 0.05), (model.cls_token, 0, 0.0),
-              (model.blocks[0].attn.qkv.weight, 1, 0.05), (model.blocks[0].attn.qkv.bias, 1, 0.0),
-              (model.blocks[2].mlp[0].weight, 3, 0.05), (model.blocks[2].norm1.weight, 3, 0.0),
-              (model.norm.weight, depth + 1, 0.0)]
-    for param, layer, wd in checks:
-        g = group_of(param)
-        assert math.isclose(g["lr"], 1e-3 * 0.5 ** (depth + 1 - layer)), layer
-        assert g["weight_decay"] == wd
-    torch.optim.AdamW(groups)  # the groups are valid as they are
-
-
 def test_initialisation():
     torch.manual_seed(0)
     model = MAE(MAEConfig())

@@ -1,5 +1,6 @@
 """train.py end to end on tiny datasets written in torchvision's formats, and on real data when present."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -8,8 +9,10 @@ import pytest
 import torch
 
 import train
+from data import RunError
 from ae import AE, AEConfig
 from dae import DAE, DAEConfig
+from mae import MAE, MAEConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,82 +22,6 @@ def run(data_dir, out_dir, *flags):
                 *flags])
     with open(os.path.join(out_dir, "results.json")) as f:
         return json.load(f)
-
-
-# -----------------------------------------------------------------------------
-# data
-
-
-@pytest.mark.parametrize("dataset,shape", [("mnist", (1, 28, 28)), ("fashion-mnist", (1, 28, 28)),
-                                           ("cifar10", (3, 32, 32)), ("cifar10-jitter", (3, 32, 32))])
-def test_load_data_reads_torchvision_files(data_dir, dataset, shape):
-    data = train.load_data(dataset, data_dir, "cpu", seed=0)
-    assert data.train_x.dtype == torch.uint8 and data.train_x.shape[1:] == shape
-    assert len(data.train_x) in (64, 80) and len(data.test_x) in (32, 16)
-    assert data.train_y.dtype == torch.long and 0 <= data.train_y.min() and data.train_y.max() < 10
-    assert len(data.classes) == 10
-
-
-def test_train_size_takes_the_first_images(data_dir):
-    full = train.load_data("mnist", data_dir, "cpu")
-    part = train.load_data("mnist", data_dir, "cpu", train_size=10)
-    assert torch.equal(part.train_x, full.train_x[:10])
-
-
-def test_jittered_test_set_is_fixed_by_the_seed(data_dir):
-    plain = train.load_data("cifar10", data_dir, "cpu")
-    a = train.load_data("cifar10-jitter", data_dir, "cpu", seed=0)
-    b = train.load_data("cifar10-jitter", data_dir, "cpu", seed=0)
-    c = train.load_data("cifar10-jitter", data_dir, "cpu", seed=1)
-    assert torch.equal(a.test_x, b.test_x)
-    assert not torch.equal(a.test_x, c.test_x) and not torch.equal(a.test_x, plain.test_x)
-
-
-def test_color_jitter_differs_per_image_and_stays_in_range():
-    x = torch.rand(1, 3, 8, 8).expand(16, 3, 8, 8)  # the same image sixteen times
-    y = train.color_jitter(x, torch.Generator().manual_seed(0))
-    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
-    per_image_mean = y.mean((1, 2, 3))
-    assert per_image_mean.std() > 0.02  # brightness alone moves the mean by up to +-50%
-    assert len(torch.unique(per_image_mean)) == 16
-
-
-def test_color_jitter_hue_only_keeps_gray_gray():
-    """A hue rotation moves colours around the gray axis: a gray image must stay (nearly) gray."""
-    gray = torch.full((8, 3, 4, 4), 0.5)
-    y = train.color_jitter(gray, torch.Generator().manual_seed(0))
-    assert (y.max(1).values - y.min(1).values).max() < 1e-5
-
-
-def shifted(image, dy, dx):
-    """image moved dy rows down and dx columns right, zeros coming in: the reference for the augmentation."""
-    out = torch.zeros_like(image)
-    H, W = image.shape[-2:]
-    out[..., max(dy, 0):H + min(dy, 0), max(dx, 0):W + min(dx, 0)] = \
-        image[..., max(-dy, 0):H + min(-dy, 0), max(-dx, 0):W + min(-dx, 0)]
-    return out
-
-
-def test_random_shift_flip_moves_each_image_by_at_most_the_shift():
-    torch.manual_seed(0)
-    x = torch.rand(64, 3, 8, 8)
-    y = train.random_shift_flip(x, max_shift=2, flip=False)
-    moves = set()
-    for a, b in zip(x, y):
-        found = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if torch.equal(shifted(a, dy, dx), b)]
-        assert len(found) == 1
-        moves.add(found[0])
-    assert len(moves) > 10  # drawn per image, not once per batch
-    assert torch.equal(train.random_shift_flip(x, max_shift=0, flip=False), x)
-
-
-def test_random_shift_flip_mirrors_about_half():
-    torch.manual_seed(0)
-    x = torch.rand(200, 1, 5, 5)
-    y = train.random_shift_flip(x, max_shift=0, flip=True)
-    mirrored = torch.tensor([torch.equal(b, a.flip(-1)) for a, b in zip(x, y)])
-    kept = torch.tensor([torch.equal(b, a) for a, b in zip(x, y)])
-    assert (mirrored ^ kept).all() and 70 < mirrored.sum() < 130
 
 
 @pytest.mark.parametrize("dataset,flip", [("mnist", False), ("fashion-mnist", True)])
@@ -182,7 +109,7 @@ def test_untrained_decoder_starts_at_the_mean_image(model_name, arch):
     sigmoid(0) = 0.5, so the first steps need not drag every pixel down at once."""
     torch.manual_seed(0)
     mean_image = 0.3 * torch.rand(1, 28, 28)  # a dark dataset, as MNIST (mean 0.13)
-    model_cls, config_cls = train.MODELS[model_name]
+    model_cls, config_cls, _ = train.MODELS[model_name]
     model = model_cls(config_cls(arch=arch))
     x = torch.rand(64, 1, 28, 28)
     gap_before = abs(model(x)[1]["recon"].mean().item() - mean_image.mean().item())  # ~0.35: sigmoid(~0)
@@ -200,9 +127,11 @@ def test_l1_penalty_adds_to_the_loss():
     plain = AE(AEConfig(arch="mlp"))
     sparse = AE(AEConfig(arch="mlp", l1=0.5))
     sparse.load_state_dict(plain.state_dict())
-    loss_plain, out = plain(x)
-    loss_sparse, _ = sparse(x)
+    loss_plain, out_plain = plain(x)
+    loss_sparse, out = sparse(x)
     assert torch.allclose(loss_sparse, loss_plain + 0.5 * out["l1"])
+    assert torch.allclose(out["recon_loss"], loss_plain)
+    assert not any(v.ndim == 0 for v in out_plain.values())  # one term: nothing more to log
 
 
 def test_dae_noise_statistics():
@@ -267,15 +196,15 @@ def test_resume_gives_the_same_weights(data_dir, tmp_path, monkeypatch):
 
 
 def test_resume_without_checkpoint(data_dir, tmp_path):
-    with pytest.raises(train.RunError, match="no checkpoint"):
+    with pytest.raises(RunError, match="no checkpoint"):
         run(data_dir, tmp_path / "nothing", "--model", "ae", "--dataset", "mnist", "--resume")
 
 
 def test_resume_with_another_model_or_shape(data_dir, tmp_path):
     run(data_dir, tmp_path / "r", "--model", "ae", "--dataset", "mnist", "--epochs", "1", "--eval", "")
-    with pytest.raises(train.RunError, match="holds a ae model, not dae"):
+    with pytest.raises(RunError, match="holds a ae model, not dae"):
         run(data_dir, tmp_path / "r", "--model", "dae", "--dataset", "mnist", "--resume")
-    with pytest.raises(train.RunError, match="latent_channels: 32 -> 4"):
+    with pytest.raises(RunError, match="latent_channels: 32 -> 4"):
         run(data_dir, tmp_path / "r", "--model", "ae", "--dataset", "mnist", "--resume", "--latent-channels", "4")
 
 
@@ -284,7 +213,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, m
     run(data_dir, out, "--model", "ae", "--dataset", "mnist", "--epochs", "1", "--eval", "")
     good = torch.load(out / "ckpt.pt", weights_only=True)
     monkeypatch.setattr(AE, "reconstruction_loss", lambda self, recon, x, mask: recon.sum() * float("nan"))
-    with pytest.raises(FloatingPointError, match="epoch 2"):
+    with pytest.raises(FloatingPointError, match="of epoch 2; ckpt.pt keeps epoch 1"):
         run(data_dir, out, "--model", "ae", "--dataset", "mnist", "--epochs", "2", "--eval", "", "--resume")
     kept = torch.load(out / "ckpt.pt", weights_only=True)
     assert kept["epoch"] == 1
@@ -312,3 +241,28 @@ def test_epochs_0_fine_tunes_from_scratch(data_dir, tmp_path):
                   "--eval", "finetune", "--finetune-epochs", "1", "--embed-dim", "32", "--depth", "1")
     assert 0 <= results["finetune_acc"] <= 1 and results["epochs"] == 0
     assert not (tmp_path / "scratch" / "ckpt.pt").exists()
+
+
+def test_layer_decay_groups_cover_the_mae_encoder_only():
+    model = MAE(MAEConfig(embed_dim=32, depth=3, num_heads=2, decoder_embed_dim=16, decoder_depth=1))
+    groups = train.layer_decay_groups(model, lr=1e-3, weight_decay=0.05, layer_decay=0.5)
+    grouped = [p for g in groups for p in g["params"]]
+    encoder = [p for n, p in model.named_parameters() if n.split(".")[0] in model.encoder_parts]
+    assert len(grouped) == len(encoder) == len({id(p) for p in grouped})
+    assert {id(p) for p in grouped} == {id(p) for p in encoder}
+    decoder_ids = {id(p) for n, p in model.named_parameters() if n.startswith(("decoder", "mask_token"))}
+    assert decoder_ids and not decoder_ids & {id(p) for p in grouped}
+
+    def group_of(param):
+        return next(g for g in groups if any(p is param for p in g["params"]))
+
+    depth = 3
+    checks = [(model.patch_embed.weight, 0, 0.05), (model.cls_token, 0, 0.0),
+              (model.blocks[0].attn.qkv.weight, 1, 0.05), (model.blocks[0].attn.qkv.bias, 1, 0.0),
+              (model.blocks[2].mlp[0].weight, 3, 0.05), (model.blocks[2].norm1.weight, 3, 0.0),
+              (model.norm.weight, depth + 1, 0.0)]
+    for param, layer, wd in checks:
+        g = group_of(param)
+        assert math.isclose(g["lr"], 1e-3 * 0.5 ** (depth + 1 - layer)), layer
+        assert g["weight_decay"] == wd
+    torch.optim.AdamW(groups)  # the groups are valid as they are

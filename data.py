@@ -1,0 +1,180 @@
+"""
+Images for nanoAE: each split loaded once into one uint8 tensor on the training device.
+
+    data = load_data("mnist", "./data", "cpu")
+    x = data.train_batch(idx)          # (B, C, H, W) float in [0, 1]
+
+Why not a DataLoader: for 28x28 and 32x32 images, decoding and collating one sample at a time costs
+more than the model's step. The whole split fits in memory (MNIST's 60000 images are 47 MB as uint8),
+so a batch is a slice of a shuffled index, and augmentation runs on the whole batch on the device.
+torchvision reads the files; nothing here decodes a format by hand.
+"""
+import dataclasses
+import gzip
+import math
+import os
+import shutil
+
+import torch
+import torch.nn.functional as F
+
+DIGITS = [str(i) for i in range(10)]
+FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+CIFAR = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+# name -> (torchvision class name, channels, size, class names, colour jitter, folder under --data-dir)
+DATASETS = {
+    "mnist": ("MNIST", 1, 28, DIGITS, False, "MNIST/raw"),
+    "fashion-mnist": ("FashionMNIST", 1, 28, FASHION, False, "FashionMNIST/raw"),
+    "cifar10": ("CIFAR10", 3, 32, CIFAR, False, "cifar-10-batches-py"),
+    "cifar10-jitter": ("CIFAR10", 3, 32, CIFAR, True, "cifar-10-batches-py"),
+}
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"  # apt-get install dataset-fashion-mnist
+
+
+class RunError(Exception):
+    """Something the user can fix (a missing dataset, a damaged checkpoint, a run directory already in
+    use): reported in one line, no stack trace. Stack traces are for bugs."""
+
+
+# -----------------------------------------------------------------------------
+# loading
+
+
+def copy_debian_fashion_mnist(data_dir):
+    """Unpack Debian's gzipped Fashion-MNIST where torchvision looks for it, if it is installed."""
+    raw = os.path.join(data_dir, "FashionMNIST", "raw")
+    if not os.path.isdir(DEBIAN_FASHION_MNIST):
+        return
+    for name in os.listdir(DEBIAN_FASHION_MNIST):
+        target = os.path.join(raw, name.removesuffix(".gz"))
+        if name.endswith("-ubyte.gz") and not os.path.exists(target):
+            os.makedirs(raw, exist_ok=True)
+            with gzip.open(os.path.join(DEBIAN_FASHION_MNIST, name)) as src, open(target + ".tmp", "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.replace(target + ".tmp", target)
+
+
+def missing_dataset_message(dataset, data_dir, folder):
+    where = os.path.join(os.path.abspath(data_dir), folder)
+    if os.path.isdir(where) and os.listdir(where):  # files there, but torchvision refused them
+        return (f"{dataset}: torchvision could not read the files in {where}/ (incomplete or damaged: "
+                f"a checksum or size does not match) and could not download them (offline?); "
+                f"replace them with the original files")
+    hint = " (or: apt-get install dataset-fashion-mnist)" if dataset == "fashion-mnist" else ""
+    return (f"{dataset} is not in {os.path.abspath(data_dir)} and could not be downloaded (offline?). "
+            f"Put torchvision's files in {where}/ or pass --data-dir{hint}.")
+
+
+def load_split(dataset, data_dir, train):
+    """Images (N, C, H, W) uint8 and labels (N,) int64 of one split, through torchvision."""
+    import torchvision  # imported here so that importing this file for its helpers stays light
+
+    class_name, channels, size, _, _, folder = DATASETS[dataset]
+    if dataset == "fashion-mnist":
+        copy_debian_fashion_mnist(data_dir)
+    cls = getattr(torchvision.datasets, class_name)
+    try:
+        ds = cls(data_dir, train=train)
+    except RuntimeError:  # files missing or damaged: try to download them once
+        try:
+            ds = cls(data_dir, train=train, download=True)
+        except Exception:
+            raise RunError(missing_dataset_message(dataset, data_dir, folder)) from None
+    images = torch.as_tensor(ds.data)
+    images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)  # (N, C, H, W)
+    assert images.shape[1:] == (channels, size, size), images.shape
+    return images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.long)
+
+
+# -----------------------------------------------------------------------------
+# augmentation: whole batches on the device, one random draw per image
+
+
+def to_float(images_uint8):
+    return images_uint8.float().div_(255)
+
+
+def color_jitter(x, generator=None):
+    """Colour jitter drawn independently for each image of a (B, 3, H, W) batch in [0, 1].
+
+    Brightness, contrast and saturation factors in [0.5, 1.5], hue shift in [-0.1, 0.1] of a turn,
+    as torchvision's ColorJitter(0.5, 0.5, 0.5, 0.1) but vectorised over the batch on the device.
+    The hue shift is a rotation of the colour plane of YIQ space, which turns hues the way an HSV
+    shift does without leaving the device or looping over images.
+    """
+    B = x.shape[0]
+    u = torch.rand(B, 4, 1, 1, generator=generator, device=x.device)  # one draw per image and factor
+    brightness, contrast, saturation = 0.5 + u[:, 0:1], 0.5 + u[:, 1:2], 0.5 + u[:, 2:3]
+    hue = (u[:, 3:4] - 0.5) * 0.2
+    gray_weights = torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)
+
+    x = (x * brightness).clamp(0, 1)
+    gray_mean = (x * gray_weights).sum(1, keepdim=True).mean((2, 3), keepdim=True)  # (B, 1, 1, 1)
+    x = (contrast * x + (1 - contrast) * gray_mean).clamp(0, 1)
+    gray = (x * gray_weights).sum(1, keepdim=True)  # (B, 1, H, W)
+    x = (saturation * x + (1 - saturation) * gray).clamp(0, 1)
+
+    rgb_to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
+                              device=x.device)
+    yiq = torch.einsum("ij,bjhw->bihw", rgb_to_yiq, x)
+    angle = 2 * math.pi * hue.view(B)
+    cos, sin = angle.cos().view(B, 1, 1), angle.sin().view(B, 1, 1)
+    i, q = yiq[:, 1], yiq[:, 2]
+    yiq = torch.stack([yiq[:, 0], cos * i - sin * q, sin * i + cos * q], dim=1)
+    return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(rgb_to_yiq), yiq).clamp(0, 1)
+
+
+def random_shift_flip(x, max_shift=2, flip=True):
+    """Each image of a (B, C, H, W) batch moved by up to max_shift pixels each way (zeros fill in)
+    and, if flip, mirrored left-right with probability 1/2: the light end of the augmentation that
+    ViT fine-tuning recipes use against memorising small datasets (--augment shift-flip)."""
+    B, C, H, W = x.shape
+    padded = F.pad(x, (max_shift,) * 4)  # (B, C, H + 2s, W + 2s)
+    offsets = torch.randint(0, 2 * max_shift + 1, (2, B, 1), device=x.device)  # top-left corner per image
+    rows = torch.arange(H, device=x.device) + offsets[0]  # (B, H): the padded rows each image keeps
+    cols = torch.arange(W, device=x.device) + offsets[1]  # (B, W)
+    if flip:  # reading the columns backwards mirrors the image
+        cols = torch.where(torch.rand(B, 1, device=x.device) < 0.5, cols.flip(1), cols)
+    batch = torch.arange(B, device=x.device).view(B, 1, 1)
+    out = padded.permute(0, 2, 3, 1)[batch, rows.view(B, H, 1), cols.view(B, 1, W)]  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+# -----------------------------------------------------------------------------
+# the data of a run
+
+
+@dataclasses.dataclass
+class Data:
+    train_x: torch.Tensor   # (N, C, H, W) uint8 on the device
+    train_y: torch.Tensor   # (N,) int64
+    test_x: torch.Tensor    # (M, C, H, W) uint8; for cifar10-jitter already jittered, fixed by the seed
+    test_y: torch.Tensor
+    jitter: bool            # apply fresh colour jitter to every training batch
+    classes: list           # class names, for figures
+
+    def train_batch(self, idx):
+        x = to_float(self.train_x[idx])
+        return color_jitter(x) if self.jitter else x
+
+
+def load_data(dataset, data_dir, device, train_size=0, seed=0):
+    _, _, _, classes, jitter, _ = DATASETS[dataset]
+    train_x, train_y = load_split(dataset, data_dir, train=True)
+    test_x, test_y = load_split(dataset, data_dir, train=False)
+    if train_size:
+        train_x, train_y = train_x[:train_size], train_y[:train_size]
+    train_x, train_y, test_x, test_y = (t.to(device) for t in (train_x, train_y, test_x, test_y))
+    if jitter:  # the test set is jittered once, by a generator of its own, so evaluation repeats
+        g = torch.Generator(device=device).manual_seed(seed)
+        jittered = [color_jitter(to_float(test_x[i:i + 1000]), g) for i in range(0, len(test_x), 1000)]
+        test_x = (torch.cat(jittered) * 255).round().to(torch.uint8)
+    return Data(train_x, train_y, test_x, test_y, jitter, classes)
+
+
+def batches(n, batch_size):
+    """Slices 0:b, b:2b, ... covering range(n); the last one may be shorter."""
+    for i in range(0, n, batch_size):
+        yield slice(i, min(i + batch_size, n))

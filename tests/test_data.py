@@ -1,0 +1,79 @@
+"""data.py: loading torchvision's files into uint8 tensors, and the batch augmentations."""
+import pytest
+import torch
+
+from data import color_jitter, load_data, random_shift_flip
+
+
+
+
+@pytest.mark.parametrize("dataset,shape", [("mnist", (1, 28, 28)), ("fashion-mnist", (1, 28, 28)),
+                                           ("cifar10", (3, 32, 32)), ("cifar10-jitter", (3, 32, 32))])
+def test_load_data_reads_torchvision_files(data_dir, dataset, shape):
+    data = load_data(dataset, data_dir, "cpu", seed=0)
+    assert data.train_x.dtype == torch.uint8 and data.train_x.shape[1:] == shape
+    assert len(data.train_x) in (64, 80) and len(data.test_x) in (32, 16)
+    assert data.train_y.dtype == torch.long and 0 <= data.train_y.min() and data.train_y.max() < 10
+    assert len(data.classes) == 10
+
+
+def test_train_size_takes_the_first_images(data_dir):
+    full = load_data("mnist", data_dir, "cpu")
+    part = load_data("mnist", data_dir, "cpu", train_size=10)
+    assert torch.equal(part.train_x, full.train_x[:10])
+
+
+def test_jittered_test_set_is_fixed_by_the_seed(data_dir):
+    plain = load_data("cifar10", data_dir, "cpu")
+    a = load_data("cifar10-jitter", data_dir, "cpu", seed=0)
+    b = load_data("cifar10-jitter", data_dir, "cpu", seed=0)
+    c = load_data("cifar10-jitter", data_dir, "cpu", seed=1)
+    assert torch.equal(a.test_x, b.test_x)
+    assert not torch.equal(a.test_x, c.test_x) and not torch.equal(a.test_x, plain.test_x)
+
+
+def test_color_jitter_differs_per_image_and_stays_in_range():
+    x = torch.rand(1, 3, 8, 8).expand(16, 3, 8, 8)  # the same image sixteen times
+    y = color_jitter(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+    per_image_mean = y.mean((1, 2, 3))
+    assert per_image_mean.std() > 0.02  # brightness alone moves the mean by up to +-50%
+    assert len(torch.unique(per_image_mean)) == 16
+
+
+def test_color_jitter_hue_only_keeps_gray_gray():
+    """A hue rotation moves colours around the gray axis: a gray image must stay (nearly) gray."""
+    gray = torch.full((8, 3, 4, 4), 0.5)
+    y = color_jitter(gray, torch.Generator().manual_seed(0))
+    assert (y.max(1).values - y.min(1).values).max() < 1e-5
+
+
+def shifted(image, dy, dx):
+    """image moved dy rows down and dx columns right, zeros coming in: the reference for the augmentation."""
+    out = torch.zeros_like(image)
+    H, W = image.shape[-2:]
+    out[..., max(dy, 0):H + min(dy, 0), max(dx, 0):W + min(dx, 0)] = \
+        image[..., max(-dy, 0):H + min(-dy, 0), max(-dx, 0):W + min(-dx, 0)]
+    return out
+
+
+def test_random_shift_flip_moves_each_image_by_at_most_the_shift():
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 8, 8)
+    y = random_shift_flip(x, max_shift=2, flip=False)
+    moves = set()
+    for a, b in zip(x, y):
+        found = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if torch.equal(shifted(a, dy, dx), b)]
+        assert len(found) == 1
+        moves.add(found[0])
+    assert len(moves) > 10  # drawn per image, not once per batch
+    assert torch.equal(random_shift_flip(x, max_shift=0, flip=False), x)
+
+
+def test_random_shift_flip_mirrors_about_half():
+    torch.manual_seed(0)
+    x = torch.rand(200, 1, 5, 5)
+    y = random_shift_flip(x, max_shift=0, flip=True)
+    mirrored = torch.tensor([torch.equal(b, a.flip(-1)) for a, b in zip(x, y)])
+    kept = torch.tensor([torch.equal(b, a) for a, b in zip(x, y)])
+    assert (mirrored ^ kept).all() and 70 < mirrored.sum() < 130
