@@ -1,6 +1,7 @@
 """
 Tests for metrics.py: each metric against a hand computation and against the library that defines it
-(scikit-image for PSNR/SSIM, scikit-learn for t-SNE, silhouette and k-NN). CPU only, offline.
+(scikit-image for PSNR/SSIM, scikit-learn for t-SNE, silhouette and k-NN), and each fast variant
+(ssim_fast, tsne_fast) against its textbook twin. CPU only, offline.
 """
 import math
 
@@ -69,31 +70,50 @@ def test_mse_psnr_match_skimage():
 # -----------------------------------------------------------------------------
 # SSIM
 
+both_ssims = pytest.mark.parametrize("ssim", [metrics.ssim, metrics.ssim_fast], ids=["textbook", "fast"])
 
+
+@both_ssims
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("size", [28, 32])
-def test_ssim_matches_skimage(channels, size):
+def test_ssim_matches_skimage(ssim, channels, size):
     target = smooth_images(6, channels, size)
     recon = degrade(target)
-    ours = metrics.ssim(recon, target)
+    ours = ssim(recon, target)
     assert ours.shape == (6,)
     assert np.allclose(ours.numpy(), skimage_ssim(recon, target), atol=1e-5, rtol=0)
     # float32 inputs give the same numbers: the window sums run in float64 either way
-    assert np.allclose(metrics.ssim(recon.float(), target.float()).numpy(), skimage_ssim(recon, target),
+    assert np.allclose(ssim(recon.float(), target.float()).numpy(), skimage_ssim(recon, target),
                        atol=1e-5, rtol=0)
 
 
 @needs_fashion_mnist
 def test_ssim_matches_skimage_on_fashion_mnist():
-    target = fashion_mnist_images("t10k", 300).double()  # several of ssim's chunks of images
+    target = fashion_mnist_images("t10k", 300).double()  # several of ssim_fast's chunks of images
     recon = degrade(target)
-    assert np.allclose(metrics.ssim(recon, target).numpy(), skimage_ssim(recon, target), atol=1e-5, rtol=0)
+    assert np.allclose(metrics.ssim_fast(recon, target).numpy(), skimage_ssim(recon, target), atol=1e-5, rtol=0)
 
 
-def test_ssim_of_identical_images_is_one():
+@pytest.mark.parametrize("batch, channels, height, width", [(1, 1, 11, 11), (5, 3, 28, 40), (150, 1, 28, 28),
+                                                            (70, 3, 32, 32)])
+def test_ssim_fast_agrees_with_textbook(batch, channels, height, width):
+    # white noise and its negative-ish partner: low, even negative SSIM, far from the smooth test images;
+    # 150 and 70 images span several of ssim_fast's chunks
+    g = torch.Generator().manual_seed(batch)
+    target = torch.rand(batch, channels, height, width, generator=g, dtype=torch.float64)
+    for recon in (torch.rand(target.shape, generator=g, dtype=torch.float64), 1 - target, degrade(target)):
+        assert torch.allclose(metrics.ssim_fast(recon, target), metrics.ssim(recon, target), rtol=0, atol=1e-12)
+        fast32 = metrics.ssim_fast(recon.float(), target.float())
+        textbook32 = metrics.ssim(recon.float(), target.float())
+        assert fast32.dtype == textbook32.dtype == torch.float32
+        assert torch.allclose(fast32, textbook32, rtol=0, atol=1e-6)
+
+
+@both_ssims
+def test_ssim_of_identical_images_is_one(ssim):
     x = smooth_images(4, 3, 32)
-    assert torch.allclose(metrics.ssim(x, x), torch.ones(4, dtype=x.dtype), atol=1e-12)
-    worse = metrics.ssim(degrade(x, seed=2), x)
+    assert torch.allclose(ssim(x, x), torch.ones(4, dtype=x.dtype), atol=1e-12)
+    worse = ssim(degrade(x, seed=2), x)
     assert (worse < 1).all() and (worse > 0).all()
 
 
@@ -108,9 +128,10 @@ def test_ssim_valid_region_does_not_depend_on_padding():
         assert np.allclose(c, crops[0], atol=1e-14)
 
 
-def test_ssim_rejects_tiny_images():
+@both_ssims
+def test_ssim_rejects_tiny_images(ssim):
     with pytest.raises(ValueError):
-        metrics.ssim(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8))
+        ssim(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8))
 
 
 # -----------------------------------------------------------------------------
@@ -125,11 +146,14 @@ def single_thread():
         yield
 
 
-def test_perplexity_search_hits_target_entropy(single_thread):
+@pytest.mark.parametrize("dense", [False, True], ids=["nearest", "all"])
+def test_perplexity_search_hits_target_entropy(dense, single_thread):
     x, _ = make_blobs(400, 20, centers=5, random_state=0)
     for perplexity in (5.0, 30.0):
-        P, neighbors = metrics.conditional_probabilities(torch.from_numpy(x), perplexity)
-        assert P.shape == neighbors.shape == (400, int(3 * perplexity + 1))
+        k = 399 if dense else int(3 * perplexity + 1)
+        P, neighbors = metrics.conditional_probabilities(torch.from_numpy(x), perplexity,
+                                                          n_neighbors=k if dense else None)
+        assert P.shape == neighbors.shape == (400, k)
         assert torch.allclose(P.double().sum(1), torch.ones(len(x), dtype=torch.float64), atol=1e-5)
         assert (neighbors != torch.arange(len(x))[:, None]).all()         # nobody is their own neighbour
         entropy = -torch.xlogy(P.double(), P.double()).sum(1)              # nats
@@ -148,28 +172,52 @@ def test_perplexity_search_matches_sklearn(single_thread):
     assert np.allclose(P.numpy(), theirs, atol=2e-5)
 
 
+def dense_joint_probabilities(P_conditional, neighbors):
+    """t-SNE's symmetric p_ij = (P(j | i) + P(i | j)) / 2N as an (N, N) matrix, from rows over neighbours."""
+    N = len(P_conditional)
+    dense = torch.zeros(N, N, dtype=torch.float64)
+    dense[torch.arange(N)[:, None], neighbors] = P_conditional.double()
+    return (dense + dense.T) / (2 * N)
+
+
+def kl_divergence(P, Y, exaggeration=1.0):
+    """KL(P || Q) = sum_{i != j} p_ij log(p_ij / q_ij), Q from the Student-t kernel on the embedding Y,
+    written as sum p log(p / w) + log Z (sum p = 1). With P exaggerated a times, the cost whose gradient
+    t-SNE follows early on: a sum p log(p / w) + log Z."""
+    off_diagonal = ~torch.eye(len(Y), dtype=torch.bool)
+    w = 1 / (1 + ((Y[:, None, :] - Y[None, :, :]) ** 2).sum(2))[off_diagonal]
+    p = P[off_diagonal]
+    return exaggeration * (torch.xlogy(p, p) - p * w.log()).sum() + w.sum().log()
+
+
+@pytest.mark.parametrize("exaggeration", [1.0, 12.0])
+def test_tsne_gradient_is_the_gradient_of_kl(exaggeration):
+    g = torch.Generator().manual_seed(0)
+    N = 100
+    P = torch.rand(N, N, generator=g, dtype=torch.float64).fill_diagonal_(0)
+    P = (P + P.T) / (P + P.T).sum()
+    Y = (3 * torch.randn(N, 2, generator=g, dtype=torch.float64)).requires_grad_()
+    kl_divergence(P, Y, exaggeration).backward()                           # autograd's gradient
+    ours = metrics.tsne_gradient(P, Y.detach(), exaggeration)
+    assert torch.allclose(ours, Y.grad, rtol=0, atol=1e-10 * Y.grad.abs().max().item())
+
+
 @pytest.mark.parametrize("rows", [7, 64, 300])
-def test_tsne_gradient_matches_dense_formula(rows, single_thread):
+def test_tsne_gradient_fast_matches_dense(rows, single_thread):
     g = torch.Generator().manual_seed(0)
     N, k = 300, 20
     neighbors = torch.rand(N, N, generator=g).fill_diagonal_(-1).topk(k, 1).indices  # k others per row
     P_conditional = torch.rand(N, k, generator=g)
     P_conditional /= P_conditional.sum(1, keepdim=True)
     Y = 5 * torch.randn(N, 2, generator=g) + 3
-    ours = metrics._tsne_gradient(P_conditional / (2 * N), neighbors, Y, 12.0, rows).double()
-    dense_conditional = torch.zeros(N, N, dtype=torch.float64)
-    dense_conditional[torch.arange(N)[:, None], neighbors] = P_conditional.double()
-    Pd, Yd = (dense_conditional + dense_conditional.T) / (2 * N), Y.double()  # t-SNE's symmetric p_ij
-    W = 1 / (1 + torch.cdist(Yd, Yd) ** 2)
-    W.fill_diagonal_(0)
-    A = (12.0 * Pd - W / W.sum()) * W                                       # (N, N)
-    dense = 4 * (A.sum(1, keepdim=True) * Yd - A @ Yd)                      # 4 sum_j a_ij (y_i - y_j)
+    ours = metrics._tsne_gradient_fast(P_conditional / (2 * N), neighbors, Y, 12.0, rows).double()
+    dense = metrics.tsne_gradient(dense_joint_probabilities(P_conditional, neighbors), Y.double(), 12.0)
     assert torch.allclose(ours, dense, rtol=0, atol=1e-5 * dense.abs().max().item())
 
 
 def test_tsne_as_trustworthy_as_sklearn(single_thread):
     x = load_digits().data[:500].astype(np.float32)
-    ours = metrics.tsne(torch.from_numpy(x), perplexity=30.0, seed=0)
+    ours = metrics.tsne_fast(torch.from_numpy(x), perplexity=30.0, seed=0)
     assert ours.shape == (500, 2) and ours.dtype == np.float32
     theirs = TSNE(n_components=2, perplexity=30.0, init="pca", random_state=0).fit_transform(x)
     t_ours = trustworthiness(x, ours, n_neighbors=10)
@@ -177,27 +225,48 @@ def test_tsne_as_trustworthy_as_sklearn(single_thread):
     assert t_ours >= t_theirs - 0.01, (t_ours, t_theirs)
 
 
-def test_tsne_is_deterministic(single_thread):
+both_tsnes = pytest.mark.parametrize("tsne", [metrics.tsne, metrics.tsne_fast], ids=["textbook", "fast"])
+
+
+@both_tsnes
+def test_tsne_is_deterministic(tsne, single_thread):
     x, _ = make_blobs(200, 50, centers=4, random_state=0)
     x = torch.from_numpy(x)
-    a = metrics.tsne(x, n_iter=300, seed=0)
-    b = metrics.tsne(x, n_iter=300, seed=0)
-    assert np.array_equal(a, b)
-    r1 = metrics.tsne(x, dim=3, n_iter=300, seed=1, init="random")
-    r2 = metrics.tsne(x, dim=3, n_iter=300, seed=1, init="random")
-    r3 = metrics.tsne(x, dim=3, n_iter=300, seed=2, init="random")
+    a = tsne(x, n_iter=300, seed=0)
+    b = tsne(x, n_iter=300, seed=0)
+    assert a.dtype == np.float32 and np.array_equal(a, b)
+    r1 = tsne(x, dim=3, n_iter=300, seed=1, init="random")
+    r2 = tsne(x, dim=3, n_iter=300, seed=1, init="random")
+    r3 = tsne(x, dim=3, n_iter=300, seed=2, init="random")
     assert r1.shape == (200, 3) and np.array_equal(r1, r2) and not np.array_equal(r1, r3)
 
 
-def test_tsne_separates_blobs(single_thread):
+@both_tsnes
+def test_tsne_separates_blobs(tsne, single_thread):
     x, y = make_blobs(300, 50, centers=3, cluster_std=1.0, random_state=3)
-    emb = metrics.tsne(torch.from_numpy(x), perplexity=20.0, n_iter=500)
+    emb = tsne(torch.from_numpy(x), perplexity=20.0, n_iter=500)
     assert silhouette_score(emb, y) > 0.7
 
 
-def test_tsne_rejects_perplexity_above_n():
+def test_tsne_fast_agrees_with_textbook(single_thread):
+    # 3 blobs of 60 points: tsne_fast keeps P over 91 nearest neighbours, the textbook over all 179
+    x, y = make_blobs(180, 50, centers=3, random_state=0)
+    x = torch.from_numpy(x)
+    textbook, fast = metrics.tsne(x), metrics.tsne_fast(x)
+    P = dense_joint_probabilities(*metrics.conditional_probabilities(x, 30.0, n_neighbors=179))
+    kl_textbook = kl_divergence(P, torch.from_numpy(textbook).double()).item()
+    kl_fast = kl_divergence(P, torch.from_numpy(fast).double()).item()
+    assert 0 < kl_textbook < 1 and kl_fast == pytest.approx(kl_textbook, rel=0.05)
+    for emb in (textbook, fast):
+        assert silhouette_score(emb, y) > 0.9
+    assert trustworthiness(x.numpy(), fast, n_neighbors=10) == pytest.approx(
+        trustworthiness(x.numpy(), textbook, n_neighbors=10), abs=0.01)
+
+
+@both_tsnes
+def test_tsne_rejects_perplexity_above_n(tsne):
     with pytest.raises(ValueError):
-        metrics.tsne(torch.randn(20, 5), perplexity=30.0)
+        tsne(torch.randn(20, 5), perplexity=30.0)
 
 
 # -----------------------------------------------------------------------------
