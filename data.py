@@ -14,6 +14,7 @@ import gzip
 import math
 import os
 import shutil
+import time
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,8 @@ DATASETS = {
     "fashion-mnist": ("FashionMNIST", 1, 28, FASHION, False, "FashionMNIST/raw"),
     "cifar10": ("CIFAR10", 3, 32, CIFAR, False, "cifar-10-batches-py"),
     "cifar10-jitter": ("CIFAR10", 3, 32, CIFAR, True, "cifar-10-batches-py"),
+    # your own images: channels and size are what --channels and --image-size ask for
+    "folder": ("ImageFolder", 3, 32, None, False, ""),
 }
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"  # apt-get install dataset-fashion-mnist
 
@@ -86,6 +89,63 @@ def load_split(dataset, data_dir, train):
     images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)  # (N, C, H, W)
     assert images.shape[1:] == (channels, size, size), images.shape
     return images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.long)
+
+
+def read_image_folder(root, image_size, channels):
+    """Images (N, C, S, S) uint8, labels (N,) and class names of an ImageFolder tree, root/<class>/<file>.
+
+    torchvision's ImageFolder finds the classes (sorted folder names) and the image files; each file is
+    then read once, converted to grey or RGB and resized to S x S (squashed, not cropped). A file that
+    cannot be read is named and skipped.
+    """
+    import torchvision
+    from PIL import Image
+
+    layout = f"--dataset folder needs one sub-folder per class, e.g. {os.path.join(root, 'cats', '001.png')}"
+    if not os.path.isdir(root):
+        raise RunError(f"{root} is not a folder: {layout}")
+    try:
+        folder = torchvision.datasets.ImageFolder(root)  # lists classes and files, reads no image yet
+    except FileNotFoundError as e:  # no class folder, or no image file in any
+        raise RunError(f"{root}: {str(e).rstrip('.')}. {layout}") from None
+    resize = torchvision.transforms.Resize((image_size, image_size), antialias=True)
+    images, labels, skipped = [], [], 0
+    last_print = time.time()
+    for i, (path, label) in enumerate(folder.samples):
+        try:
+            with Image.open(path) as image:
+                image = resize(image.convert("L" if channels == 1 else "RGB"))
+        except (OSError, ValueError) as e:  # truncated, not an image, an unknown format
+            print(f"  skipped {path}: {e}")
+            skipped += 1
+            continue
+        images.append(torchvision.transforms.functional.pil_to_tensor(image))  # (C, S, S) uint8
+        labels.append(label)
+        if time.time() - last_print > 2:
+            print(f"  {root}: {i + 1}/{len(folder.samples)} files read", flush=True)
+            last_print = time.time()
+    print(f"  {root}: {len(images)} images in {len(folder.classes)} classes"
+          + (f", {skipped} unreadable files skipped" if skipped else ""), flush=True)
+    if not images:
+        raise RunError(f"{root}: none of the {skipped} image files could be read")
+    return torch.stack(images), torch.tensor(labels), folder.classes
+
+
+def load_folder(data_dir, image_size, channels, seed):
+    """train/ and test/ inside data_dir when both are there; otherwise one tree split 90/10 by the seed."""
+    train_dir, test_dir = os.path.join(data_dir, "train"), os.path.join(data_dir, "test")
+    if os.path.isdir(train_dir) and os.path.isdir(test_dir):
+        train_x, train_y, classes = read_image_folder(train_dir, image_size, channels)
+        test_x, test_y, test_classes = read_image_folder(test_dir, image_size, channels)
+        if test_classes != classes:
+            raise RunError(f"{train_dir} and {test_dir} have different class folders: {classes} vs {test_classes}")
+        return train_x, train_y, test_x, test_y, classes
+    x, y, classes = read_image_folder(data_dir, image_size, channels)
+    if len(x) < 2:
+        raise RunError(f"{data_dir}: one image cannot be split into training and test images")
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    test, train = perm[:max(1, len(x) // 10)], perm[max(1, len(x) // 10):]
+    return x[train], y[train], x[test], y[test], classes
 
 
 # -----------------------------------------------------------------------------
@@ -160,10 +220,14 @@ class Data:
         return color_jitter(x) if self.jitter else x
 
 
-def load_data(dataset, data_dir, device, train_size=0, seed=0):
+def load_data(dataset, data_dir, device, train_size=0, seed=0, image_size=32, channels=3):
+    """The training and test images of a dataset on the device; image_size and channels are for 'folder'."""
     _, _, _, classes, jitter, _ = DATASETS[dataset]
-    train_x, train_y = load_split(dataset, data_dir, train=True)
-    test_x, test_y = load_split(dataset, data_dir, train=False)
+    if dataset == "folder":
+        train_x, train_y, test_x, test_y, classes = load_folder(data_dir, image_size, channels, seed)
+    else:
+        train_x, train_y = load_split(dataset, data_dir, train=True)
+        test_x, test_y = load_split(dataset, data_dir, train=False)
     if train_size:
         train_x, train_y = train_x[:train_size], train_y[:train_size]
     train_x, train_y, test_x, test_y = (t.to(device) for t in (train_x, train_y, test_x, test_y))

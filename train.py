@@ -25,8 +25,10 @@ import sys
 import time
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 import metrics
 from ae import AE, AEConfig
@@ -91,18 +93,25 @@ def int_tuple(text):
     return values
 
 
+def image_channels(text):
+    if text not in ("1", "3"):
+        raise argparse.ArgumentTypeError(f"1 (grey) or 3 (RGB), got {text!r} (conv widths are --conv-channels)")
+    return int(text)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("run")
     g.add_argument("--model", required=True, choices=MODELS, help="which autoencoder")
     g.add_argument("--dataset", required=True, choices=DATASETS, help="which images")
-    g.add_argument("--data-dir", default="./data", help="where torchvision finds the datasets (default: ./data)")
+    g.add_argument("--data-dir", default="./data", help="where torchvision finds the datasets; for folder, the "
+                   "folder of class sub-folders (default: ./data)")
     g.add_argument("--out-dir", default=None, help="where ckpt.pt, log.jsonl, results.json go "
                    "(default: out/<model>-<dataset>)")
     g.add_argument("--epochs", type=count, default=20, help="pretraining epochs (default: 20)")
     g.add_argument("--batch-size", type=positive_int, default=64,
-                   help="images per step; small batches mean more steps, which short runs and small datasets "
-                   "need more than the speed of large ones (default: 64)")
+                   help="images per step, over all processes under torchrun; small batches mean more steps, "
+                   "which short runs and small datasets need more than the speed of large ones (default: 64)")
     g.add_argument("--lr", type=positive, default=1e-3, help="peak learning rate of AdamW (default: 1e-3)")
     g.add_argument("--weight-decay", type=non_negative, default=None,
                    help="AdamW weight decay (default: 0.05 for mae, 0 for the others)")
@@ -111,9 +120,16 @@ def parse_args(argv=None):
     g.add_argument("--schedule", choices=["cosine", "constant"], default="cosine",
                    help="lr after warm-up (default: cosine)")
     g.add_argument("--seed", type=int, default=0, help="(default: 0)")
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="(default: cuda if available, else cpu)")
+    g.add_argument("--device", default=default_device(), help="cpu, cuda, cuda:N or mps (default: cuda, "
+                   "else mps, else cpu: here %(default)s)")
+    g.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads of torch (default: torch's choice, one per core); on small shared CPUs "
+                   "one thread often beats two")
     g.add_argument("--train-size", type=count, default=0, help="use the first N training images; 0 = all (default: 0)")
+    g.add_argument("--image-size", type=positive_int, default=None, help="folder: images are resized to this "
+                   "square (default: 32)")
+    g.add_argument("--channels", type=image_channels, default=None, dest="image_channels",
+                   help="folder: 1 = grey, 3 = RGB (default: 3)")
     g.add_argument("--resume", action="store_true", help="continue from <out-dir>/ckpt.pt")
     g.add_argument("--overwrite", action="store_true",
                    help="start over in an --out-dir that already holds a run (its files are replaced)")
@@ -148,7 +164,7 @@ def parse_args(argv=None):
     g.add_argument("--latent-dim", type=positive_int, default=None,
                    help=f"latent vector size of mlp and of the vae (default: {AEConfig.latent_dim}, "
                    f"vae {VAEConfig.latent_dim})")
-    g.add_argument("--channels", type=int_tuple, default=None,
+    g.add_argument("--conv-channels", type=int_tuple, default=None, dest="channels",
                    help=f"conv: channels of each stride-2 conv (default: {','.join(map(str, AEConfig.channels))})")
     g.add_argument("--latent-channels", type=positive_int, default=None,
                    help=f"conv: channels of the latent map, e.g. 8 -> 8x3x3 on 28x28 "
@@ -192,14 +208,29 @@ def parse_args(argv=None):
     if unknown:
         p.error(f"--eval: unknown protocol {', '.join(sorted(unknown))} (choose from linear, knn, finetune)")
     check_device(p, args.device)
+    if args.dataset != "folder" and (args.image_size or args.image_channels):
+        p.error(f"--image-size and --channels are for --dataset folder; {args.dataset} has its own size")
     # build the model once on the CPU, so a setting it cannot take (a patch size that does not divide
     # the image, too many heads for the width, nothing left visible) is refused before any work starts
-    _, channels, size, _, _, _ = DATASETS[args.dataset]
     try:
-        MODELS[args.model][0](build_config(args.model, args, channels, size))
+        MODELS[args.model][0](build_config(args.model, args, *image_shape(args)))
     except ValueError as e:
         p.error(f"--model {args.model}: {e}")
     return args
+
+
+def default_device():
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if torch.backends.mps.is_available() else "cpu"
+
+
+def image_shape(args):
+    """(channels, size) of the images: the dataset's own, or what --channels/--image-size ask of a folder."""
+    _, channels, size, _, _, _ = DATASETS[args.dataset]
+    if args.dataset == "folder":
+        return args.image_channels or channels, args.image_size or size
+    return channels, size
 
 
 def check_device(p, device):
@@ -215,13 +246,15 @@ def check_device(p, device):
         p.error("--device mps: no Apple GPU here (use --device cpu)")
 
 
-def check_out_dir(args, ckpt_path, results_path):
+def check_out_dir(args, ckpt_path, results_path, write_probe=True):
     """Refuse to start over a finished or interrupted run by accident, and fail now, not after an epoch,
     if --out-dir cannot be written."""
     finished = [os.path.basename(p) for p in (ckpt_path, results_path) if os.path.exists(p)]
     if finished and not args.resume and not args.overwrite:
         raise RunError(f"{args.out_dir} already holds a run ({', '.join(finished)}): continue it with --resume, "
                        f"start over with --overwrite, or pick another --out-dir")
+    if not write_probe:
+        return
     created = not os.path.isdir(args.out_dir)
     os.makedirs(args.out_dir, exist_ok=True)
     probe = os.path.join(args.out_dir, ".write-test")
@@ -356,14 +389,20 @@ def train_epoch(step_loss, optimizer, perm, batch_size, first_step, schedule, la
 # pretraining
 
 
-def pretrain(model, data, args, optimizer, start_epoch, log_path):
-    forward = torch.compile(model) if args.compile else model  # same weights, fused kernels
+def pretrain(model, data, args, optimizer, start_epoch, log_path, rank=0, world_size=1):
+    """Epochs start_epoch .. args.epochs of the model's own loss; after each, rank 0 evaluates on the test
+    set, prints a line, appends it to log.jsonl and saves ckpt.pt."""
+    # under torchrun, DDP averages the gradients of all processes in backward(): every process then
+    # takes the same AdamW step, so the weights stay identical without ever being sent
+    forward = DDP(model) if world_size > 1 else model
+    forward = torch.compile(forward) if args.compile else forward  # same weights, fused kernels
     n = len(data.train_x)
     steps_per_epoch = math.ceil(n / args.batch_size)
     total_steps = args.epochs * steps_per_epoch
     warmup_steps = args.warmup_epochs * steps_per_epoch
 
     def step_loss(idx):
+        idx = idx[rank::world_size]  # this process's share of the batch (all of it in one process)
         with autocast(args.device, args.precision):
             return forward(data.train_batch(idx))
 
@@ -382,6 +421,8 @@ def pretrain(model, data, args, optimizer, start_epoch, log_path):
             kept = f"ckpt.pt keeps epoch {epoch}" if epoch > 0 else "nothing was saved"
             raise FloatingPointError(f"{e} of epoch {epoch + 1}; {kept}. Try a lower --lr (now {args.lr}).") from None
         seconds = time.time() - t0
+        if rank != 0:
+            continue
         test_stats = evaluate(model, data, args)
         entry = {"epoch": epoch + 1, "train_loss": train_stats.pop("train_loss"), "test_loss": test_stats["test_loss"],
                  "psnr": test_stats["psnr"], "ssim": test_stats["ssim"], "seconds": seconds}
@@ -440,7 +481,7 @@ def evaluate(model, data, args):
             per_image = {
                 "test_loss": loss.float().expand(len(x)),
                 "mse": metrics.mse(recon, x), "mae": metrics.mae(recon, x),
-                "psnr": metrics.psnr(recon, x), "ssim": metrics.ssim(recon, x),
+                "psnr": metrics.psnr(recon, x), "ssim": metrics.ssim_fast(recon, x),
                 "psnr_input": metrics.psnr(out["input"].float(), x),  # the corrupted input, as a baseline
                 # how much the reconstructions differ from image to image: ~0 when the model gives the
                 # same picture (all black, the mean image) whatever it is shown
@@ -616,15 +657,27 @@ def downstream(model, data, args):
 
 def main(argv=None):
     args = parse_args(argv)
+    # data parallelism: torchrun starts one process per device and tells each its RANK and the WORLD_SIZE
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world_size > 1:
+        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+        if args.device.startswith("cuda"):
+            args.device = f"cuda:{os.environ['LOCAL_RANK']}"
+            torch.cuda.set_device(args.device)
+        if rank != 0:
+            sys.stdout = open(os.devnull, "w")  # rank 0 alone prints and writes files
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: float32 range, tensor-core speed
         torch.backends.cudnn.allow_tf32 = True
     ckpt_path, log_path = os.path.join(args.out_dir, "ckpt.pt"), os.path.join(args.out_dir, "log.jsonl")
     results_path = os.path.join(args.out_dir, "results.json")
-    check_out_dir(args, ckpt_path, results_path)
+    check_out_dir(args, ckpt_path, results_path, write_probe=rank == 0)
 
     t0 = time.time()
-    data = load_data(args.dataset, args.data_dir, args.device, args.train_size, args.seed)
+    channels, size = image_shape(args)
+    data = load_data(args.dataset, args.data_dir, args.device, args.train_size, args.seed, size, channels)
     print(f"data: {args.dataset}, {len(data.train_x)} train / {len(data.test_x)} test images "
           f"{tuple(data.train_x.shape[1:])} on {args.device} in {time.time() - t0:.1f}s")
 
@@ -647,15 +700,20 @@ def main(argv=None):
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch = ckpt["epoch"]
         print(f"resumed from {ckpt_path} after epoch {start_epoch}")
-    os.makedirs(args.out_dir, exist_ok=True)
-    entries = read_log(log_path, start_epoch)
-    with open(log_path, "w") as f:  # keep the log in step with the checkpoint
-        f.writelines(json.dumps(e) + "\n" for e in entries)
+    if rank == 0:
+        os.makedirs(args.out_dir, exist_ok=True)
+        entries = read_log(log_path, start_epoch)
+        with open(log_path, "w") as f:  # keep the log in step with the checkpoint
+            f.writelines(json.dumps(e) + "\n" for e in entries)
     n_params = sum(p.numel() for p in model.parameters())
     feature_dim = extract_features(model, data.test_x[:1], 1, args.device).shape[1]
     print(f"model: {config}\n{n_params / 1e6:.2f}M parameters, {feature_dim}-d features")
     if start_epoch < args.epochs:
-        pretrain(model, data, args, optimizer, start_epoch, log_path)
+        pretrain(model, data, args, optimizer, start_epoch, log_path, rank, world_size)
+    if world_size > 1:  # evaluation and fine-tuning run in rank 0 alone: the same numbers as one process
+        dist.destroy_process_group()
+        if rank != 0:
+            return
 
     results = evaluate(model, data, args)
     results.update(downstream(model, data, args))

@@ -63,6 +63,22 @@ def make_cifar10(root, n_per_batch=16, seed=0):
                                      "dog", "frog", "horse", "ship", "truck"]}, f)
 
 
+def make_image_folder(root, classes=("bars", "discs"), n_per_class=20, size=40, seed=0):
+    """root/<class>/<i>.png: colour PNGs of bars and discs at random places, ImageFolder's layout."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    for label, name in enumerate(classes):
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        for i in range(n_per_class):
+            cx, cy = rng.integers(size // 4, 3 * size // 4, 2)
+            shape = (abs(xx - cx) < 3) & (abs(yy - cy) < 12) if label % 2 == 0 else (xx - cx) ** 2 + (yy - cy) ** 2 < 64
+            image = np.zeros((size, size, 3), np.uint8)
+            image[shape] = rng.integers(80, 256, 3)
+            Image.fromarray(image).save(os.path.join(root, name, f"{i:03d}.png"))
+    return str(root)
+
+
 def tiny_datasets(root, monkeypatch):
     """Write tiny MNIST, Fashion-MNIST and CIFAR-10 under root; returns root as a --data-dir.
 

@@ -1,8 +1,11 @@
 """data.py: loading torchvision's files into uint8 tensors, and the batch augmentations."""
+import os
+
 import pytest
 import torch
 
-from data import color_jitter, load_data, random_shift_flip
+from conftest import make_image_folder
+from data import RunError, color_jitter, load_data, random_shift_flip
 
 
 
@@ -77,3 +80,52 @@ def test_random_shift_flip_mirrors_about_half():
     mirrored = torch.tensor([torch.equal(b, a.flip(-1)) for a, b in zip(x, y)])
     kept = torch.tensor([torch.equal(b, a) for a, b in zip(x, y)])
     assert (mirrored ^ kept).all() and 70 < mirrored.sum() < 130
+
+
+# -----------------------------------------------------------------------------
+# your own images: --dataset folder
+
+
+def test_folder_is_split_90_10_by_the_seed_and_resized(tmp_path):
+    root = make_image_folder(tmp_path / "shapes", n_per_class=20)
+    data = load_data("folder", root, "cpu", seed=0, image_size=28, channels=1)
+    assert data.classes == ["bars", "discs"]
+    assert data.train_x.shape == (36, 1, 28, 28) and data.test_x.shape == (4, 1, 28, 28)
+    assert data.train_x.dtype == torch.uint8 and data.train_x.max() > 0
+    again = load_data("folder", root, "cpu", seed=0, image_size=28, channels=1)
+    other = load_data("folder", root, "cpu", seed=1, image_size=28, channels=1)
+    assert torch.equal(data.test_x, again.test_x) and not torch.equal(data.test_x, other.test_x)
+    # every image lands in exactly one split
+    both = torch.cat([data.train_x, data.test_x]).flatten(1)
+    assert len(torch.unique(both, dim=0)) == 40
+
+
+def test_folder_with_train_and_test_uses_them(tmp_path):
+    make_image_folder(tmp_path / "train", n_per_class=6, seed=0)
+    make_image_folder(tmp_path / "test", n_per_class=3, seed=1)
+    data = load_data("folder", str(tmp_path), "cpu", image_size=16, channels=3)
+    assert data.train_x.shape == (12, 3, 16, 16) and data.test_x.shape == (6, 3, 16, 16)
+    assert data.test_y.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_unreadable_files_are_named_and_skipped(tmp_path, capsys):
+    root = make_image_folder(tmp_path / "shapes", n_per_class=5)
+    with open(os.path.join(root, "discs", "broken.png"), "wb") as f:
+        f.write(b"not a png")
+    data = load_data("folder", root, "cpu", image_size=16)
+    assert len(data.train_x) + len(data.test_x) == 10
+    out = capsys.readouterr().out
+    assert "skipped" in out and "broken.png" in out and "1 unreadable files skipped" in out
+
+
+@pytest.mark.parametrize("make", ["missing", "empty", "no images"])
+def test_a_folder_without_images_is_one_clear_error(tmp_path, make):
+    root = tmp_path / "mine"
+    if make != "missing":
+        root.mkdir()
+    if make == "no images":
+        (root / "cats").mkdir()
+        (root / "cats" / "notes.txt").write_text("hello")
+    with pytest.raises(RunError, match="mine") as error:
+        load_data("folder", str(root), "cpu")
+    assert "\n" not in str(error.value)
