@@ -6,30 +6,31 @@ MLP = the report on MLP denoising AEs (MNIST, Fashion-MNIST).
 
     python analyze.py out/ae-fashion-mnist out/dae-fashion-mnist out/mae-fashion-mnist
 
+Measure once, then draw: `measure` computes a run's numbers into a plain dict, saved as
+RUN_DIR/analysis.json; the figures read it, and report.md is written from those dicts alone.
+
 Per run, in RUN_DIR/figures/:
     reconstructions.png   original / what the encoder saw / reconstruction        (DvM, C10, MLP)
-    curves.png            train and test loss, PSNR, and for the VAE KL and reconstruction loss, per epoch
     tsne.png              t-SNE of the latents of clean and of noisy test images  (DvM, C10)
     saliency.png          AE, DAE, VAE, MCAE: how strongly each pixel moves the latent code (DvM)
-    attention.png         MAE: last-layer CLS attention of every head              (DvM)
+    attention.png         MAE: last-layer CLS attention per head, on the whole and the masked image (DvM)
     weights.png           histogram of every weight tensor, no norm layers, no biases (DvM)
     interpolation.png     models with a decoder: walking the latent line between two images (C10)
     arithmetic.png        models with a decoder: class-mean latent arithmetic, e.g. dog - cat + bird (C10)
     vae_samples.png       VAE: images decoded from the prior                       (C10)
     error_heatmaps.png    MCAE, MAE: per-pixel squared error at mask ratios 0.1, 0.3, 0.5 (C10)
-
 Comparing the runs, in --out (default: the parent of the first run dir):
-    figures/psnr_per_epoch.png, figures/loss_per_epoch.png   (C10, MLP)
-    figures/psnr_vs_noise.png    AE and DAE runs: PSNR against the variance of the input noise (MLP)
+    figures/psnr_per_epoch.png   test PSNR per epoch, a panel per dataset, masked models apart (C10, MLP)
+    figures/loss_per_epoch.png   train and test loss per epoch, a panel per kind of loss; the VAE's KL (C10, MLP)
+    figures/psnr_vs_noise.png    AE, DAE: PSNR against test noise variance; each DAE at its training noise (MLP)
+    figures/mask_ratios.png      MCAE runs trained at different mask ratios, tested at 0.1, 0.3, 0.5 (C10)
     figures/vae_vs_ae.png        a VAE and an AE run of one dataset: originals and both reconstructions (C10)
     figures/three_levels.png     MCAE runs hiding nothing, random pixels and blocks (Mask)
-    report.md                    accuracy, reconstruction and cluster tables, links to every figure (DvM, C10)
-
-Everything is computed on a fixed subset of the test set (a few images per figure, a few hundred per
-class for t-SNE), so a handful of runs takes a few minutes on a CPU.
+    report.md                    runs and settings, accuracy, reconstruction, filling-in and cluster tables,
+                                 PSNR and SSIM worked through for one image, links to every figure
+Measured on the first test images (up to 1000; a few hundred per class for t-SNE): minutes on a CPU.
 """
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
@@ -44,28 +45,29 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from matplotlib.ticker import MaxNLocator
+from torchvision.utils import make_grid
 
 import metrics
 import train
 from data import Data, RunError, load_data, to_float
-from mcae import hidden_psnr
+from mae import MAE, random_masking
+from mcae import hidden_psnr, random_mask
 
-plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "figure.titlesize": 11, "legend.fontsize": 8})
+plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "figure.titlesize": 11, "legend.fontsize": 8,
+                     "axes.formatter.useoffset": False})  # flat curves: 9.5589, not "1e-5 + 9.5589"
 
 N_IMAGES = 8                                  # test images per image figure
+N_MEASURE = 1000                              # test images behind the PSNR sweeps (fewer if the test set is)
 NOISE_VARIANCES = [0.01, 0.02, 0.05, 0.1]     # the MLP report's noise levels, as variances
 MASK_RATIOS = [0.1, 0.3, 0.5]                 # the CIFAR-10 assignment's MCAE mask ratios
 DEFAULT_NOISE_STD = 0.316                     # t-SNE of noisy inputs for models trained without noise: variance 0.1
 AE_FAMILY = ("ae", "dae", "vae", "mcae")      # encoders that saliency maps are drawn for
 # class-mean latent arithmetic a - b + c, by class name: the CIFAR-10 assignment's dog - cat + bird, and
 # one triple in the same spirit for the other datasets (what b lacks and a has, added to c)
-ARITHMETIC = {
-    "mnist": ("7", "1", "0"),
-    "fashion-mnist": ("Ankle boot", "Sneaker", "Sandal"),
-    "cifar10": ("dog", "cat", "bird"),
-    "cifar10-jitter": ("dog", "cat", "bird"),
-}
+ARITHMETIC = {"mnist": ("7", "1", "0"), "fashion-mnist": ("Ankle boot", "Sneaker", "Sandal"),
+              "cifar10": ("dog", "cat", "bird"), "cifar10-jitter": ("dog", "cat", "bird")}
 INTERPOLATION_PAIRS = [(0, 1), (3, 5), (7, 9)]  # class indices of the image pairs to interpolate between
 
 
@@ -84,26 +86,15 @@ class Run:
     model: nn.Module        # in eval mode, on the analysis device
     kind: str               # 'ae', 'dae', 'vae', 'mcae' or 'mae'
     args: dict              # train.py's arguments
+    config: dict            # the model's config, as saved in the checkpoint
     log: list               # one dict per epoch (log.jsonl)
     results: dict           # results.json (empty if the run stopped before writing it)
-    data: Data        # the run's dataset
-    figures: dict = dataclasses.field(default_factory=dict)  # figure name -> path written
-    stats: dict = dataclasses.field(default_factory=dict)    # numbers computed here, for report.md
-
-    @property
-    def figure_dir(self):
-        return os.path.join(self.path, "figures")
-
-
-def read_json_lines(path):
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    data: Data              # the run's dataset
 
 
 def load_runs(run_dirs, device, data_dir=None):
-    """Load every run, its log and results, and its dataset (each dataset read once, shared by runs)."""
+    """Load every run with its log, results and dataset. Each run's data comes from the --data-dir it was
+    trained with, so runs of different datasets mix; data_dir overrides it. Each dataset is read once."""
     for run_dir in run_dirs:  # check them all first: a typo should not cost the time of loading the rest
         if not os.path.isfile(os.path.join(run_dir, "ckpt.pt")):
             raise AnalyzeError(f"{run_dir} has no ckpt.pt: give run directories written by train.py")
@@ -113,46 +104,41 @@ def load_runs(run_dirs, device, data_dir=None):
         if names.count(name) > 1:  # out/a/dae and out/b/dae: keep them apart in tables and legends
             name = os.path.join(os.path.basename(os.path.dirname(os.path.abspath(run_dir))), name)
         model, args, ckpt = train.load_run(run_dir, device)
-        dataset = args["dataset"]
+        dataset, directory = args["dataset"], data_dir or args["data_dir"]
         # the jittered CIFAR-10 test set is drawn from the run's seed, so it is part of the key
-        key = (dataset, args["seed"] if dataset == "cifar10-jitter" else 0)
+        key = (dataset, directory, args["seed"] if dataset == "cifar10-jitter" else 0)
         if key not in datasets:
-            datasets[key] = load_data(dataset, data_dir or args["data_dir"], device, seed=args["seed"])
+            datasets[key] = load_data(dataset, directory, device, seed=args["seed"])
         results_path = os.path.join(run_dir, "results.json")
         results = json.load(open(results_path)) if os.path.exists(results_path) else {}
-        runs.append(Run(name, run_dir, model, ckpt["model_name"], args,
-                        read_json_lines(os.path.join(run_dir, "log.jsonl")), results, datasets[key]))
+        log = train.read_log(os.path.join(run_dir, "log.jsonl"), ckpt["epoch"])
+        runs.append(Run(name, run_dir, model, ckpt["model_name"], args, ckpt["config"], log, results, datasets[key]))
     return runs
 
 
+def rank_in_class(labels):
+    """For each test image, how many images of its class come before it: (N,) -> (N,)."""
+    onehot = F.one_hot(labels.cpu())
+    return (onehot.cumsum(0) * onehot).sum(1) - 1
+
+
 def class_indices(labels, n):
-    """Indices of n test images, one class after another (0, 1, 2, ...), so a row shows every class."""
+    """Indices of n test images, one class after another (0, 1, 2, ..., 0, 1, ...): a row shows every class."""
     labels = labels.cpu()
-    by_class = [torch.nonzero(labels == c).flatten().tolist() for c in range(int(labels.max()) + 1)]
-    picked, rank = [], 0
-    while len(picked) < n and rank < len(labels):
-        for members in by_class:
-            if rank < len(members) and len(picked) < n:
-                picked.append(members[rank])
-        rank += 1
-    return torch.tensor(picked, dtype=torch.long)
+    return torch.argsort(rank_in_class(labels) * (int(labels.max()) + 1) + labels)[:n]
 
 
 def balanced_indices(labels, per_class):
-    """The first per_class test images of every class (fewer where a class has fewer)."""
-    labels = labels.cpu()
-    chosen = [torch.nonzero(labels == c).flatten()[:per_class] for c in range(int(labels.max()) + 1)]
-    return torch.cat(chosen)
+    """The first per_class test images of every class (fewer where a class has fewer), class by class."""
+    first = torch.nonzero(rank_in_class(labels) < per_class).flatten()
+    return first[torch.argsort(labels.cpu()[first], stable=True)]
 
 
-def test_images(run, idx):
-    """Test images idx of the run's dataset as floats in [0, 1] on the run's device: (n, C, H, W)."""
+def test_images(run, idx=N_MEASURE):
+    """Test images idx (a tensor of indices, or a count: the first ones) as floats in [0, 1]: (n, C, H, W)."""
+    if isinstance(idx, int):
+        idx = torch.arange(min(idx, len(run.data.test_x)))
     return to_float(run.data.test_x[idx.to(run.data.test_x.device)])
-
-
-def noise_std(run):
-    """The run's own training noise, or variance 0.1 for models trained without noise."""
-    return getattr(run.model.config, "noise_std", DEFAULT_NOISE_STD)
 
 
 def add_noise(x, std):
@@ -160,16 +146,130 @@ def add_noise(x, std):
 
 
 @torch.no_grad()
-def encode_all(model, x, batch_size=500):
-    return torch.cat([model.encode(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+def in_batches(function, x, batch_size=500):
+    return torch.cat([function(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def is_masked(kind, config):
+    """Masked models are scored on the hidden pixels: a whole-image PSNR counts the visible part too."""
+    return kind == "mae" or (kind == "mcae" and config["mask_ratio"] > 0)
 
 
 # -----------------------------------------------------------------------------
-# drawing: one helper for grids of images and heatmaps, used by every image figure
+# measuring: a run's numbers into a plain dict, RUN_DIR/analysis.json. Inputs are corrupted here, by
+# arguments (MAE.forward's mask_ratio, mcae.random_mask, add_noise), never by changing a model's config.
 
 
-def new_figure(width, height):
-    return plt.figure(figsize=(width, height), layout="constrained")
+@torch.no_grad()
+def masked_reconstruction(model, x, mask_ratio, mask_type="block", block_size=8, seed=0):
+    """(input, reconstruction, mask) of the MAE or any conv/MLP AE at the mask setting given. The seed is
+    fixed, so two models given the same setting see the same masks. The MAE hides its own patches."""
+    torch.manual_seed(seed)
+    if isinstance(model, MAE):
+        _, out = model(x, mask_ratio=mask_ratio)
+        return out["input"], out["recon"], out["mask"]
+    block = block_size if mask_type == "block" else 1
+    mask = random_mask(len(x), x.shape[2], x.shape[3], block, mask_ratio, x.device).to(x.dtype)  # (B, 1, H, W)
+    inp = x * (1 - mask)
+    return inp, in_batches(lambda batch: model.decoder(model.encoder(batch)), inp), mask
+
+
+def measure_masking(run):
+    """PSNR over all pixels and over the hidden ones at the assignment's ratios (and the run's own), and the
+    hidden PSNR of leaving the holes black: most hidden MNIST pixels are background, so that scores high.
+    A masked run is tested with its own kind of mask; a plain AE with both, to set it beside any MCAE."""
+    config, x, rows = run.config, test_images(run), []
+    ratios = sorted(set(MASK_RATIOS) | {config.get("mask_ratio", 0.5)} - {0})
+    kinds = ([(config.get("mask_type", "patch"), config.get("block_size", config.get("patch_size")))]
+             if is_masked(run.kind, config) else [("pixel", 8), ("block", 8)])
+    for (mask_type, block), ratio in [(kind, ratio) for kind in kinds for ratio in ratios]:
+        _, recon, mask = masked_reconstruction(run.model, x, ratio, mask_type, block)
+        rows.append({"mask_type": mask_type, "mask_ratio": ratio, "block_size": block,
+                     "psnr": metrics.psnr(recon, x).mean().item(),
+                     "hidden_psnr": torch.nanmean(hidden_psnr(recon, x, mask)).item(),
+                     "black_fill_hidden_psnr": torch.nanmean(hidden_psnr(torch.zeros_like(x), x, mask)).item()})
+    return {"n_images": len(x), "settings": rows}
+
+
+@torch.no_grad()
+def psnr_against_noise(model, x, variances, seed=0):
+    """Mean PSNR of decode(encode(x + noise)) and of the noisy input itself, for each noise variance:
+    -> (recon_psnr, input_psnr), lists as long as variances. Noise is clipped to [0, 1], as in training."""
+    recon_psnr, input_psnr = [], []
+    for variance in variances:
+        torch.manual_seed(seed)
+        noisy = add_noise(x, math.sqrt(variance))
+        recon = in_batches(lambda batch: model.decode(model.encode(batch)), noisy)
+        recon_psnr.append(metrics.psnr(recon, x).mean().item())
+        input_psnr.append(metrics.psnr(noisy, x).mean().item())
+    return recon_psnr, input_psnr
+
+
+@torch.no_grad()
+def measure_tsne(run, per_class, n_iter):
+    """t-SNE of the latents of the same test images, clean and noisy (C10), with the cluster statistics
+    of both (DvM's class radius), in the latent space and in the embedding."""
+    idx = balanced_indices(run.data.test_y, per_class)
+    x, labels = test_images(run, idx), run.data.test_y[idx.to(run.data.test_y.device)].cpu()
+    std = run.config.get("noise_std", DEFAULT_NOISE_STD)  # the run's own noise, else variance 0.1
+    torch.manual_seed(0)
+    tsne = {"labels": labels, "per_class": torch.bincount(labels, minlength=len(run.data.classes)), "noise_std": std}
+    for name, images in [("clean", x), ("noisy", add_noise(x, std))]:
+        features = in_batches(run.model.encode, images)
+        # perplexity must stay below the number of points: only tiny test sets get less than 30
+        embedding = metrics.tsne(features, n_iter=n_iter, perplexity=min(30.0, (len(x) - 1) / 3))
+        tsne[name] = {"embedding": embedding, "latent": metrics.cluster_stats(features, labels.to(features.device)),
+                      "tsne": metrics.cluster_stats(torch.from_numpy(embedding), labels)}
+    return {**tsne, "latent_size": features.shape[1]}
+
+
+@torch.no_grad()
+def measure_worked_example(run):
+    """PSNR and SSIM of the first test image step by step (DvM's sample calculation): SSIM's two factors,
+    brightness and contrast-structure, and their product, each averaged over metrics.ssim's windows."""
+    torch.manual_seed(0)
+    x = test_images(run, 1)
+    recon = run.model(x)[1]["recon"].float()
+    mse = (recon - x).pow(2).mean().item()
+    g, C = metrics.gaussian_window(), x.shape[1]
+    maps = torch.cat([recon, x, recon * recon, x * x, recon * x], 1).double()  # (1, 5 C, H, W)
+    for kernel in (g.view(1, 1, -1, 1), g.view(1, 1, 1, -1)):  # window means: down the columns, along the rows
+        maps = F.conv2d(maps, kernel.expand(5 * C, 1, -1, -1), groups=5 * C)
+    mu_x, mu_y, e_xx, e_yy, e_xy = maps.chunk(5, 1)
+    # windows without (co)variance have contrast-structure factor 1: what is left is the brightness factor
+    brightness = metrics.ssim_formula(mu_x, mu_y, mu_x ** 2, mu_y ** 2, mu_x * mu_y)
+    ssim = metrics.ssim_formula(mu_x, mu_y, e_xx, e_yy, e_xy)
+    return {"mse": mse, "psnr": 10 * math.log10(1 / max(mse, 1e-10)), "brightness": brightness.mean().item(),
+            "contrast_structure": (ssim / brightness).mean().item(), "ssim": ssim.mean().item()}
+
+
+def plain(value):
+    """Tensors and arrays inside value -> lists, so json can write it."""
+    if isinstance(value, dict):
+        return {key: plain(v) for key, v in value.items()}
+    return value.tolist() if isinstance(value, (torch.Tensor, np.ndarray)) else value
+
+
+def measure(run, tsne_per_class, tsne_iters):
+    """Every number the figures and report.md show of one run, computed once: a plain (json) dict."""
+    analysis = {"name": run.name, "kind": run.kind, "dataset": run.args["dataset"], "classes": run.data.classes,
+                "config": run.config, "epochs": run.log[-1]["epoch"] if run.log else None, "results": run.results,
+                "tsne": measure_tsne(run, tsne_per_class, tsne_iters), "worked_example": measure_worked_example(run)}
+    if run.kind in ("ae", "dae"):
+        recon, noisy = psnr_against_noise(run.model, test_images(run), NOISE_VARIANCES)
+        analysis["noise"] = {"n_images": len(test_images(run)), "psnr": recon, "input_psnr": noisy}
+    if run.kind in ("ae", "mcae", "mae"):
+        analysis["masking"] = measure_masking(run)
+    return plain(analysis)
+
+
+# -----------------------------------------------------------------------------
+# drawing helpers
+
+
+def panels(n_cols, width=6, height=4, n_rows=1):
+    fig = plt.figure(figsize=(width * n_cols, height * n_rows), layout="constrained")
+    return fig, np.atleast_1d(fig.subplots(n_rows, n_cols)).ravel()
 
 
 def save(fig, path):
@@ -181,19 +281,14 @@ def save(fig, path):
 
 
 HEAT_CMAP = plt.get_cmap("inferno")
-OVERLAY_ALPHA = 0.6  # heatmaps over images: enough colour to read the map, enough image to see where it lies
 HIDDEN_COLOUR = (0.2, 0.4, 0.8)  # hidden pixels of masked inputs
 
 
-def image_pixels(image):
-    """An image tensor (C, H, W) in [0, 1], 1 or 3 channels -> (H, W, 3) numpy, gray repeated for 1 channel."""
-    image = image.detach().float().cpu().clamp(0, 1)
-    return image.expand(3, -1, -1).permute(1, 2, 0).numpy()
-
-
-def heat_pixels(heat, heat_max):
-    """A heatmap (H, W) -> (H, W, 3) colours of HEAT_CMAP over 0 .. heat_max."""
-    return HEAT_CMAP(np.clip(heat.detach().float().cpu().numpy() / heat_max, 0, 1))[..., :3]
+def heat_images(heat, heat_max=1.0):
+    """Heatmaps (B, H, W) -> (B, 3, H, W) colours of HEAT_CMAP over 0 .. heat_max. Drawn on their own, not
+    blended over the image, where bright strokes would look hot whatever the map says."""
+    colours = HEAT_CMAP(np.clip(heat.detach().float().cpu().numpy() / heat_max, 0, 1))[..., :3]
+    return torch.from_numpy(colours).permute(0, 3, 1, 2).float()
 
 
 def mark_hidden(images, mask):
@@ -203,232 +298,150 @@ def mark_hidden(images, mask):
     return images.expand(-1, 3, -1, -1) * (1 - mask) + colour * mask
 
 
-def cell_pixels(cell, heat_max):
-    """A cell is an image (C, H, W), a heatmap (H, W), or a pair (image, heatmap): a heatmap over the image."""
-    if isinstance(cell, tuple):
-        image, heat = cell
-        gray = image_pixels(image).mean(axis=2, keepdims=True)  # colour belongs to the heatmap
-        return (1 - OVERLAY_ALPHA) * gray + OVERLAY_ALPHA * heat_pixels(heat, heat_max)
-    return image_pixels(cell) if cell.ndim == 3 else heat_pixels(cell, heat_max)
-
-
-def draw_grid(ax, rows, row_labels=None, col_labels=None, heat_max=1.0, gap=2):
-    """Draw rows of cells (see cell_pixels; None leaves a cell empty) on one axes, as one mosaic image
-    with white gaps: a single imshow instead of an axes per cell keeps many grids fast to draw.
-    Row and column labels are the axis tick labels, so the figure's layout makes room for them."""
-    h, w = next(c for row in rows for c in row if c is not None)[-1].shape[-2:]
-    n_rows, n_cols = len(rows), max(len(row) for row in rows)
-    mosaic = np.ones((n_rows * (h + gap) - gap, n_cols * (w + gap) - gap, 3))
-    for i, row in enumerate(rows):
-        for j, cell in enumerate(row):
-            if cell is not None:
-                mosaic[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = cell_pixels(cell, heat_max)
-    ax.imshow(mosaic, interpolation="nearest")
-    ax.set_xticks([j * (w + gap) + (w - 1) / 2 for j in range(len(col_labels or []))], col_labels or [])
-    ax.set_yticks([i * (h + gap) + (h - 1) / 2 for i in range(len(row_labels or []))], row_labels or [])
+def draw_grid(ax, rows, row_labels=(), col_labels=(), pad=2):
+    """Rows of images (C, H, W) in [0, 1] as one mosaic with white gaps (make_grid) on one axes. The labels
+    are the axes' tick labels, so the figure's layout makes room for them."""
+    cells = [cell.detach().float().cpu().clamp(0, 1).expand(3, -1, -1) for row in rows for cell in row]
+    ax.imshow(make_grid(cells, nrow=len(rows[0]), padding=pad, pad_value=1).permute(1, 2, 0).numpy())
+    h, w = cells[0].shape[1:]
+    ax.set_xticks([pad + j * (w + pad) + (w - 1) / 2 for j in range(len(col_labels))], col_labels)
+    ax.set_yticks([pad + i * (h + pad) + (h - 1) / 2 for i in range(len(row_labels))], row_labels)
     ax.xaxis.tick_top()
     ax.tick_params(length=0)
-    for spine in ax.spines.values():
-        spine.set_visible(False)
+    ax.spines[:].set_visible(False)
 
 
-def heat_colorbar(fig, ax, label, heat_max):
-    bar = plt.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0, heat_max), cmap=HEAT_CMAP)
-    fig.colorbar(bar, ax=ax, label=label, shrink=0.8, aspect=30)
-
-
-def grid_figure(rows, path, row_labels=None, col_labels=None, title=None, heat_max=1.0, heat_label=None,
-                cell=1.0):
-    """A figure holding one grid (draw_grid) with its title and, for heatmaps, a colour bar; saved to path."""
-    n_cols = max(len(row) for row in rows)
-    label_width = 1.3 if row_labels else 0.2
-    bar_width = 1.0 if heat_label else 0
-    fig = new_figure(label_width + bar_width + cell * n_cols, 0.5 + cell * len(rows) + (0.35 if col_labels else 0))
-    ax = fig.subplots()
-    draw_grid(ax, rows, row_labels, col_labels, heat_max)
+def grid_figure(rows, path, row_labels=(), col_labels=(), title="", heat_max=1.0, heat_label=None, cell=1.0):
+    """A figure of one grid (draw_grid) with its title and, for heatmaps, a colour bar; saved to path."""
+    fig, (ax,) = panels(1, (1.3 if row_labels else 0.2) + (1.0 if heat_label else 0) + cell * len(rows[0]),
+                        0.5 + cell * len(rows) + (0.35 if col_labels else 0))
+    draw_grid(ax, rows, row_labels, col_labels)
     if heat_label:
-        heat_colorbar(fig, ax, heat_label, heat_max)
-    if title:
-        fig.suptitle(title)
+        bar = plt.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0, heat_max), cmap=HEAT_CMAP)
+        fig.colorbar(bar, ax=ax, label=heat_label, shrink=0.8, aspect=30)
+    fig.suptitle(title)
     return save(fig, path)
 
 
-def legend_beside(ax):
-    """The legend to the right of the plot, where it cannot hide a curve."""
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
-
-
-def epoch_axis(ax):
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+def finish_axes(ax, epochs=False):
+    """A grid, whole epochs on the x axis, and the legend to the right, where it cannot hide a curve."""
+    if epochs:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
 
 
 # -----------------------------------------------------------------------------
 # per-run figures: each returns the path written, or None when the figure does not apply to the run
 
 
+def figure_path(run, name):
+    return os.path.join(run.path, "figures", f"{name}.png")
+
+
 @torch.no_grad()
-def plot_reconstructions(run):
+def plot_reconstructions(run, analysis):
     idx = class_indices(run.data.test_y, N_IMAGES)
     x = test_images(run, idx)
     torch.manual_seed(0)  # the same noise / masks every time the figure is drawn
     _, out = run.model(x)
-    rows, labels = [list(x)], ["original"]
-    if "mask" in out:
-        rows.append(list(mark_hidden(out["input"], out["mask"])))
-        labels.append("masked input\n(hidden: blue)")
-    elif not torch.equal(out["input"], x):  # AE and VAE see the image itself: no row to add
-        rows.append(list(out["input"]))
-        labels.append("noisy input")
-    rows.append(list(out["recon"]))
-    labels.append("reconstruction")
-    psnr = metrics.psnr(out["recon"], x).mean().item()
-    return grid_figure(rows, os.path.join(run.figure_dir, "reconstructions.png"), labels,
-                       col_labels=[run.data.classes[y] for y in run.data.test_y[idx.to(run.data.test_y.device)]],
-                       title=f"{run.name}: reconstructions of test images (PSNR {psnr:.1f} dB)")
+    rows, labels, score = [list(x)], ["original"], f"PSNR {metrics.psnr(out['recon'], x).mean():.1f} dB"
+    if "mask" in out and out["mask"].any():  # a ratio-0 MCAE hides nothing: no row for it
+        rows, labels = rows + [list(mark_hidden(out["input"], out["mask"]))], labels + ["masked input\n(hidden: blue)"]
+        score = f"PSNR on hidden pixels {torch.nanmean(hidden_psnr(out['recon'], x, out['mask'])):.1f} dB"
+    elif "mask" not in out and not torch.equal(out["input"], x):  # AE and VAE see the image itself: no row
+        rows, labels = rows + [list(out["input"])], labels + ["noisy input"]
+    return grid_figure(rows + [list(out["recon"])], figure_path(run, "reconstructions"), labels + ["reconstruction"],
+                       [run.data.classes[y] for y in run.data.test_y[idx.to(run.data.test_y.device)]],
+                       f"{run.name}: reconstructions of test images ({score})")
 
 
-def loss_description(run):
-    """What the run's loss measures, for axis labels (the models' losses are on different scales)."""
-    if run.kind == "vae":
-        return "negative ELBO (nats / image)"
-    if run.kind == "mae" or getattr(run.model.config, "loss_on", "all") == "masked":
-        return "MSE on hidden pixels"
-    return "MSE per pixel"
-
-
-def plot_curves(run):
-    if not run.log:
-        return None
-    epochs = [e["epoch"] for e in run.log]
-    panels = [("loss", loss_description(run), [("train", "train_loss"), ("test", "test_loss")]),
-              ("test PSNR", "PSNR (dB)", [("test", "psnr")])]
-    if "kl" in run.log[0]:  # the VAE's two terms of the loss (C10)
-        panels += [("KL divergence", "KL (nats / image)", [("train", "kl"), ("test", "test_kl")]),
-                   ("reconstruction loss", "-log p(x|z) (nats / image)",
-                    [("train", "recon_loss"), ("test", "test_recon_loss")])]
-    fig = new_figure(3.6 * len(panels), 3.2)
-    for ax, (title, ylabel, series) in zip(fig.subplots(1, len(panels)), panels):
-        for label, key in series:
-            if key in run.log[0]:
-                ax.plot(epochs, [e[key] for e in run.log], marker="o", markersize=3, label=label)
-        ax.set_title(title)
-        ax.set_ylabel(ylabel)
-        epoch_axis(ax)
-        if len(series) > 1:
-            ax.legend()
-    fig.suptitle(f"{run.name}: training curves")
-    return save(fig, os.path.join(run.figure_dir, "curves.png"))
-
-
-def scatter_classes(ax, embedding, labels, classes):
-    colours = plt.cm.tab10(np.arange(len(classes)) % 10)
-    for c, name in enumerate(classes):
-        points = embedding[labels == c]
-        ax.scatter(points[:, 0], points[:, 1], s=5, color=colours[c], label=name, alpha=0.8, linewidths=0)
-    ax.set_xlabel("t-SNE 1")
-    ax.set_ylabel("t-SNE 2")
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-@torch.no_grad()
-def plot_tsne(run, per_class, n_iter):
-    """t-SNE of the latents of the same test images, clean and noisy (C10); keeps the cluster
-    statistics of the clean latents for the report (DvM's class radius)."""
-    idx = balanced_indices(run.data.test_y, per_class)
-    x = test_images(run, idx)
-    labels = run.data.test_y[idx.to(run.data.test_y.device)].cpu()
-    std = noise_std(run)
-    torch.manual_seed(0)
-    panels = [("clean test images", encode_all(run.model, x)),
-              (f"noisy test images (noise std {std:.2f})", encode_all(run.model, add_noise(x, std)))]
-    fig = new_figure(10, 4.8)
-    axes = fig.subplots(1, 2)
-    for i, (ax, (title, features)) in enumerate(zip(axes, panels)):
-        # perplexity must stay below the number of points: only tiny test sets get less than 30
-        embedding = metrics.tsne(features, n_iter=n_iter, perplexity=min(30.0, (len(x) - 1) / 3))
-        latent_stats = metrics.cluster_stats(features, labels.to(features.device))
-        ax.set_title(f"{title}\nsilhouette {latent_stats['silhouette']:.2f} in the latent space")
-        scatter_classes(ax, embedding, labels.numpy(), run.data.classes)
-        if i == 0:  # the report's cluster tables: clean inputs
-            run.stats["tsne"] = metrics.cluster_stats(torch.from_numpy(embedding), labels)
-            run.stats["latent"] = latent_stats
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right center", markerscale=3,
-               title="class")
+def plot_tsne(run, analysis):
+    tsne, classes = analysis["tsne"], run.data.classes
+    labels, per_class = np.array(tsne["labels"]), [c for c in tsne["per_class"] if c]
+    fig, axes = panels(2, 5, 4.8)
+    for ax, name in zip(axes, ("clean", "noisy")):
+        embedding = np.array(tsne[name]["embedding"])
+        for c, class_name in enumerate(classes):
+            ax.scatter(*embedding[labels == c].T, s=5, color=plt.cm.tab10(c % 10), label=class_name, alpha=0.8,
+                       linewidths=0)
+        noise = f" (noise std {tsne['noise_std']:.2f})" if name == "noisy" else ""
+        ax.set(title=f"{name} test images{noise}\nsilhouette {tsne[name]['latent']['silhouette']:.2f} in the "
+               "latent space", xlabel="t-SNE 1", ylabel="t-SNE 2", xticks=[], yticks=[])
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right center", markerscale=3, title="class")
     what = "CLS token" if run.kind == "mae" else "mean of q(z|x)" if run.kind == "vae" else "latent code"
-    fig.suptitle(f"{run.name}: t-SNE of the {what}, {per_class} test images per class")
-    return save(fig, os.path.join(run.figure_dir, "tsne.png"))
+    # the real count: a small test set may hold fewer than --tsne-per-class images of a class
+    count = f"{max(per_class)}" if min(per_class) == max(per_class) else f"{min(per_class)} to {max(per_class)}"
+    fig.suptitle(f"{run.name}: t-SNE of the {what}, {len(labels)} test images ({count} per class)")
+    return save(fig, figure_path(run, "tsne"))
 
 
 def jacobian_energy(model, x):
-    """For each input pixel, how strongly it moves the latent code: sum over latent units d and
-    channels c of (dz_d / dx_{c,h,w})^2, the pixel's share of the squared Frobenius norm of the
-    Jacobian dz/dx. (B, C, H, W) -> (B, H, W).
-
-    The Jacobian of one image is computed whole by reverse mode, one backward pass per latent unit,
-    batched (torch.func.jacrev); an image at a time keeps the memory at D copies of one image.
-    """
+    """For each input pixel, how strongly it moves the latent code: sum over latent units d and channels c
+    of (dz_d / dx_{c,h,w})^2, the pixel's share of the squared Frobenius norm of the Jacobian dz/dx.
+    (B, C, H, W) -> (B, H, W). Each image's Jacobian whole by reverse mode (torch.func.jacrev): one
+    backward pass per latent unit, batched, so the memory is D copies of one image."""
     def encode_one(image):  # (C, H, W) -> (D,)
         return model.encode(image.unsqueeze(0)).squeeze(0)
 
-    maps = []
-    for image in x:
-        jacobian = torch.func.jacrev(encode_one)(image)  # (D, C, H, W)
-        maps.append(jacobian.pow(2).sum(dim=(0, 1)))     # (H, W)
-    return torch.stack(maps)
+    return torch.stack([torch.func.jacrev(encode_one)(image).pow(2).sum(dim=(0, 1)) for image in x])  # (B, H, W)
 
 
-def normalise_per_image(maps):
-    """Min-max scale each map of (B, H, W) to [0, 1]."""
-    low = maps.amin(dim=(1, 2), keepdim=True)
-    high = maps.amax(dim=(1, 2), keepdim=True)
-    return (maps - low) / (high - low).clamp(min=1e-12)
-
-
-def plot_saliency(run):
+def plot_saliency(run, analysis):
     if run.kind not in AE_FAMILY:
         return None
     x = test_images(run, class_indices(run.data.test_y, N_IMAGES))
-    saliency = normalise_per_image(jacobian_energy(run.model, x).detach())
-    rows = [list(x), list(zip(x, saliency))]
-    return grid_figure(rows, os.path.join(run.figure_dir, "saliency.png"), ["input", "saliency"],
+    energy = jacobian_energy(run.model, x).detach()
+    low, high = energy.amin(dim=(1, 2), keepdim=True), energy.amax(dim=(1, 2), keepdim=True)
+    saliency = (energy - low) / (high - low).clamp(min=1e-12)  # each map to [0, 1]
+    return grid_figure([list(x), list(heat_images(saliency))], figure_path(run, "saliency"), ["input", "saliency"],
                        title=f"{run.name}: saliency, sum over latent units of (d z / d pixel)^2",
                        heat_label="saliency (per image, 0-1)")
 
 
 @torch.no_grad()
-def plot_attention(run, n=4):
+def cls_attention(model, x, mask_ratio=0.0, seed=0):
+    """Last-layer attention of the CLS token to each patch the encoder saw, per head, at pixel size and
+    scaled to each map's largest weight: -> (B, heads, H, W), and the mask (B, 1, H, W), 1 = hidden (no
+    weight). The CLS's weight on itself is left out. Mask ratio 0 gives the maps of MAE.attention_maps."""
+    B, _, H, W = x.shape
+    p = model.config.patch_size
+    torch.manual_seed(seed)
+    tokens, mask, ids_restore = random_masking(model.embed(x), mask_ratio)  # (B, len_keep, D), (B, L), (B, L)
+    h = model.with_cls(tokens)                                               # (B, 1 + len_keep, D)
+    for block in model.blocks[:-1]:
+        h = block(h)
+    _, attn = model.blocks[-1](h, return_attention=True)                     # (B, heads, 1 + keep, 1 + keep)
+    seen = attn[:, :, 0, 1:].float()                                         # (B, heads, len_keep): CLS's row
+    # the kept patches come first in shuffled order: zeros for the hidden ones, then unshuffle
+    weights = torch.cat([seen, seen.new_zeros(B, seen.shape[1], mask.shape[1] - seen.shape[2])], dim=2)
+    weights = torch.gather(weights, 2, ids_restore[:, None].expand(-1, seen.shape[1], -1))  # (B, heads, L)
+    maps, mask = (m.reshape(B, -1, H // p, W // p).repeat_interleave(p, 2).repeat_interleave(p, 3)
+                  for m in (weights, mask))                                  # a patch's weight on its p x p pixels
+    return maps / maps.amax(dim=(2, 3), keepdim=True), mask
+
+
+def plot_attention(run, analysis, n=4):
+    """Each image twice: whole, and masked at the training ratio as in pretraining (DvM)."""
     if run.kind != "mae":
         return None
     x = test_images(run, class_indices(run.data.test_y, n))
-    maps = run.model.attention_maps(x)  # (n, heads, H/p, W/p), each sums to 1 over the patches
-    p = run.model.config.patch_size
-    # nearest upsampling: one attention weight per patch, drawn as the patch it belongs to
-    maps = maps.repeat_interleave(p, dim=2).repeat_interleave(p, dim=3)  # (n, heads, H, W)
-    maps = maps / maps.amax(dim=(2, 3), keepdim=True)  # each map to [0, 1] of its own largest weight
-    heads = maps.shape[1]
-    rows = [[image] + [(image, maps[i, h]) for h in range(heads)] for i, image in enumerate(x)]
-    return grid_figure(rows, os.path.join(run.figure_dir, "attention.png"),
-                       col_labels=["image"] + [f"head {h + 1}" for h in range(heads)],
-                       title=f"{run.name}: last-layer CLS attention per head, whole image visible",
-                       heat_label="attention / the map's largest", cell=1.3)
+    ratio, rows = run.config["mask_ratio"], []
+    for maps, mask in (cls_attention(run.model, x), cls_attention(run.model, x, ratio)):
+        rows += [[image, *heat_images(image_maps)] for image, image_maps in zip(mark_hidden(x * (1 - mask), mask), maps)]
+    return grid_figure(rows, figure_path(run, "attention"), ["whole"] * n + ["masked"] * n,
+                       ["input"] + [f"head {h + 1}" for h in range(len(rows[0]) - 1)],
+                       f"{run.name}: last-layer CLS attention per head, on the whole image and with {ratio:.0%} of "
+                       "patches hidden (blue)", heat_label="attention / the map's largest", cell=1.3)
 
 
-def weight_tensors(model):
-    """(name, tensor) of every Linear / conv weight: no norm layers, no biases, no tokens."""
-    layers = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
-    return [(f"{name}.weight", m.weight.detach().float().cpu()) for name, m in model.named_modules()
-            if isinstance(m, layers)]
-
-
-def plot_weights(run):
-    tensors = weight_tensors(run.model)
-    n_cols = min(6, len(tensors))
-    n_rows = math.ceil(len(tensors) / n_cols)
-    fig = new_figure(2.3 * n_cols, 1.7 * n_rows + 0.5)
-    axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
+def plot_weights(run, analysis):
+    """Every Linear / conv weight: no norm layers, no biases, no tokens (DvM)."""
+    tensors = [(f"{name}.weight", m.weight.detach().float().cpu()) for name, m in run.model.named_modules()
+               if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))]
+    fig, axes = panels(min(6, len(tensors)), 2.3, 1.7, n_rows=math.ceil(len(tensors) / 6))
     for ax, (name, w) in zip(axes, tensors):
         ax.hist(w.flatten().numpy(), bins=60, color="tab:blue")
         ax.set_title(f"{name}\n{'x'.join(map(str, w.shape))}", fontsize=7)
@@ -437,444 +450,354 @@ def plot_weights(run):
     for ax in axes[len(tensors):]:
         ax.axis("off")
     fig.suptitle(f"{run.name}: weight histograms per layer (no norm layers, no biases)")
-    return save(fig, os.path.join(run.figure_dir, "weights.png"))
+    return save(fig, figure_path(run, "weights"))
 
 
 @torch.no_grad()
-def plot_interpolation(run, steps=10):
-    if not hasattr(run.model, "decode"):
-        return None
+def plot_interpolation(run, analysis, steps=10):
     labels, classes = run.data.test_y.cpu(), run.data.classes
-    rows, row_labels = [], []
-    for a, b in INTERPOLATION_PAIRS:
-        if not ((labels == a).any() and (labels == b).any()):
-            continue
-        pair = test_images(run, torch.stack([torch.nonzero(labels == c)[0, 0] for c in (a, b)]))
-        z = run.model.encode(pair)  # (2, D)
-        t = torch.linspace(0, 1, steps, device=z.device)[:, None]
-        decoded = run.model.decode((1 - t) * z[0] + t * z[1])  # (steps, C, H, W)
-        rows.append([pair[0], *decoded, pair[1]])
-        row_labels.append(f"{classes[a]}\nto {classes[b]}")
-    if not rows:
+    pairs = [(a, b) for a, b in INTERPOLATION_PAIRS if (labels == a).any() and (labels == b).any()]
+    if not hasattr(run.model, "decode") or not pairs:
         return None
-    col_labels = ["image A"] + [f"t={v:.2f}" for v in torch.linspace(0, 1, steps).tolist()] + ["image B"]
-    return grid_figure(rows, os.path.join(run.figure_dir, "interpolation.png"), row_labels, col_labels,
+    rows, t = [], torch.linspace(0, 1, steps)
+    for a, b in pairs:
+        images = test_images(run, torch.stack([torch.nonzero(labels == c)[0, 0] for c in (a, b)]))
+        z = run.model.encode(images)  # (2, D)
+        rows.append([images[0], *run.model.decode((1 - t[:, None]) * z[0] + t[:, None] * z[1]), images[1]])
+    return grid_figure(rows, figure_path(run, "interpolation"), [f"{classes[a]}\nto {classes[b]}" for a, b in pairs],
+                       ["image A"] + [f"t={v:.2f}" for v in t.tolist()] + ["image B"],
                        title=f"{run.name}: decoded (1-t) z_A + t z_B between two test images")
 
 
 @torch.no_grad()
-def plot_arithmetic(run):
-    if not hasattr(run.model, "decode"):
-        return None
-    names = ARITHMETIC[run.args["dataset"]]
-    labels = run.data.test_y.cpu()
+def plot_arithmetic(run, analysis):
+    names, labels = ARITHMETIC[run.args["dataset"]], run.data.test_y.cpu()
     ids = [run.data.classes.index(name) for name in names]
-    if not all((labels == c).any() for c in ids):
+    if not hasattr(run.model, "decode") or not all((labels == c).any() for c in ids):
         return None
     # class means of the latents of (at most) the first 1000 test images of each class
-    means = [encode_all(run.model, test_images(run, torch.nonzero(labels == c).flatten()[:1000])).mean(0)
+    means = [in_batches(run.model.encode, test_images(run, torch.nonzero(labels == c).flatten()[:1000])).mean(0)
              for c in ids]
-    result = means[0] - means[1] + means[2]
-    decoded = run.model.decode(torch.stack(means + [result]))
-    col_labels = [f"mean {names[0]}", f"mean {names[1]}", f"mean {names[2]}",
-                  f"{names[0]} - {names[1]}\n+ {names[2]}"]
-    return grid_figure([list(decoded)], os.path.join(run.figure_dir, "arithmetic.png"), col_labels=col_labels,
+    decoded = run.model.decode(torch.stack(means + [means[0] - means[1] + means[2]]))
+    return grid_figure([list(decoded)], figure_path(run, "arithmetic"),
+                       col_labels=[f"mean {name}" for name in names] + [f"{names[0]} - {names[1]}\n+ {names[2]}"],
                        title=f"{run.name}: class-mean latent arithmetic", cell=1.6)
 
 
 @torch.no_grad()
-def plot_vae_samples(run, n=8):
+def plot_vae_samples(run, analysis, n=8):
     if run.kind != "vae":
         return None
     torch.manual_seed(0)
     samples = run.model.sample(n * n)
-    rows = [list(samples[i * n:(i + 1) * n]) for i in range(n)]
-    return grid_figure(rows, os.path.join(run.figure_dir, "vae_samples.png"),
+    return grid_figure([list(samples[i * n:(i + 1) * n]) for i in range(n)], figure_path(run, "vae_samples"),
                        title=f"{run.name}: {n * n} samples, z ~ N(0, I) decoded", cell=0.8)
 
 
-@contextlib.contextmanager
-def mask_settings(model, **settings):
-    """Change a masked model's mask settings for a while: MCAE.corrupt and MAE.forward read them from
-    model.config on every call."""
-    saved = {name: getattr(model.config, name) for name in settings}
-    for name, value in settings.items():
-        setattr(model.config, name, value)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(model.config, name, value)
-
-
-@torch.no_grad()
-def masked_reconstruction(model, x, **settings):
-    """Input, reconstruction and mask of a masked model under other mask settings than it was trained
-    with. The seed is fixed, so two models given the same settings see the same masks."""
-    with mask_settings(model, **settings):
-        torch.manual_seed(0)
-        _, out = model(x)
-    return out["input"], out["recon"], out["mask"]
-
-
-@torch.no_grad()
-def plot_error_heatmaps(run, n=6):
+def plot_error_heatmaps(run, analysis, n=6):
     if run.kind not in ("mcae", "mae"):
         return None
     x = test_images(run, class_indices(run.data.test_y, n))
-    rows, row_labels, errors = [], [], []
-    for ratio in MASK_RATIOS:
-        inp, recon, mask = masked_reconstruction(run.model, x, mask_ratio=ratio)
-        error = (recon - x).pow(2).mean(1)  # (n, H, W), averaged over channels
-        psnr = torch.nanmean(hidden_psnr(recon, x, mask)).item()
-        rows += [list(mark_hidden(inp, mask)), list(recon), list(error)]
-        row_labels += [f"ratio {ratio}: input\n(hidden: blue)", "reconstruction",
-                       f"squared error\nhidden PSNR {psnr:.1f} dB"]
-        errors.append(error)
+    # the run's own kind of mask, as measure_masking (a ratio-0 MCAE: its 8x8 blocks)
+    setting = analysis["masking"]["settings"][-1]
+    scores = {s["mask_ratio"]: s for s in analysis["masking"]["settings"] if s["mask_type"] == setting["mask_type"]}
+    shown = [masked_reconstruction(run.model, x, ratio, setting["mask_type"], setting["block_size"])
+             for ratio in MASK_RATIOS]
+    errors = [(recon - x).pow(2).mean(1) for _, recon, _ in shown]  # (n, H, W), averaged over channels
     heat_max = max(torch.stack(errors).quantile(0.995).item(), 1e-3)  # a few outliers should not wash out the rest
-    return grid_figure(rows, os.path.join(run.figure_dir, "error_heatmaps.png"), row_labels,
-                       title=f"{run.name}: per-pixel squared error at mask ratios {', '.join(map(str, MASK_RATIOS))}",
+    rows, labels = [], []
+    for ratio, (inp, recon, mask), error in zip(MASK_RATIOS, shown, errors):
+        rows += [list(mark_hidden(inp, mask)), list(recon), list(heat_images(error, heat_max))]
+        score = scores[ratio]  # beside what leaving the holes black scores: high where they hit background
+        labels += [f"ratio {ratio}: input\n(hidden: blue)", "reconstruction", f"squared error\nhidden PSNR "
+                   f"{score['hidden_psnr']:.1f} dB\n(black fill {score['black_fill_hidden_psnr']:.1f} dB)"]
+    return grid_figure(rows, figure_path(run, "error_heatmaps"), labels,
+                       f"{run.name}: per-pixel squared error at mask ratios {', '.join(map(str, MASK_RATIOS))}\n"
+                       f"(PSNRs over the first {analysis['masking']['n_images']} test images)",
                        heat_max=heat_max, heat_label="squared error")
 
 
-def draw_run_figures(run, args):
-    """Every per-run figure that applies to the run, recorded in run.figures."""
-    figures = {
-        "reconstructions": lambda: plot_reconstructions(run),
-        "curves": lambda: plot_curves(run),
-        "tsne": lambda: plot_tsne(run, args.tsne_per_class, args.tsne_iters),
-        "saliency": lambda: plot_saliency(run),
-        "attention": lambda: plot_attention(run),
-        "weights": lambda: plot_weights(run),
-        "interpolation": lambda: plot_interpolation(run),
-        "arithmetic": lambda: plot_arithmetic(run),
-        "vae_samples": lambda: plot_vae_samples(run),
-        "error_heatmaps": lambda: plot_error_heatmaps(run),
-    }
-    for name, draw in figures.items():
-        path = draw()
-        if path:
-            run.figures[name] = path
+PER_RUN_FIGURES = {"reconstructions": plot_reconstructions, "tsne": plot_tsne, "saliency": plot_saliency,
+                   "attention": plot_attention, "weights": plot_weights, "interpolation": plot_interpolation,
+                   "arithmetic": plot_arithmetic, "vae_samples": plot_vae_samples, "error_heatmaps": plot_error_heatmaps}
 
 
 # -----------------------------------------------------------------------------
 # figures comparing runs
 
 
-def plot_per_epoch(runs, key, ylabel, title, path):
-    """One curve per run of log key per epoch."""
-    fig = new_figure(6.5, 4)
-    ax = fig.subplots()
-    for run in runs:
-        if run.log and key in run.log[0]:
-            ax.plot([e["epoch"] for e in run.log], [e[key] for e in run.log], marker="o", markersize=3, label=run.name)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    epoch_axis(ax)
-    legend_beside(ax)
+def draw_per_epoch(groups, title, path):
+    """One panel per group {ylabel: [(run, colour, [(log key, line style)])]}, a curve per run and key."""
+    fig, axes = panels(min(3, len(groups)), 5.5, n_rows=math.ceil(len(groups) / 3))  # at most 3 to a row
+    for ax in axes[len(groups):]:
+        ax.axis("off")
+    for ax, (ylabel, members) in zip(axes, groups.items()):
+        for run, colour, series in members:
+            for i, (key, style) in enumerate(series):
+                ax.plot([e["epoch"] for e in run.log], [e[key] for e in run.log], color=colour, linestyle=style,
+                        marker="o", markersize=3, label=None if i else run.name)
+        ax.set_ylabel(ylabel)
+        finish_axes(ax, epochs=True)
+    fig.suptitle(title)
     return save(fig, path)
 
 
-def plot_loss_per_epoch(runs, path):
-    """Train (solid) and test (dashed) loss per epoch, one panel per kind of loss: a VAE's nats per image
-    and an AE's MSE per pixel differ by orders of magnitude."""
+def plot_psnr_per_epoch(runs, analyses, path):
+    """A panel per dataset, masked models apart: their whole-image PSNR counts the pixels they were shown."""
     groups = {}
-    for run in runs:
-        if run.log:
-            groups.setdefault(loss_description(run), []).append(run)
-    fig = new_figure(6 * len(groups), 4)
-    axes = np.atleast_1d(fig.subplots(1, len(groups)))
-    for ax, (description, members) in zip(axes, groups.items()):
-        for run in members:
-            epochs = [e["epoch"] for e in run.log]
-            colour = f"C{runs.index(run) % 10}"
-            ax.plot(epochs, [e["train_loss"] for e in run.log], color=colour, marker="o", markersize=3,
-                    label=run.name)
-            ax.plot(epochs, [e["test_loss"] for e in run.log], color=colour, marker="o", markersize=3,
-                    linestyle="--")
-        ax.set_ylabel(description)
-        epoch_axis(ax)
-        legend_beside(ax)
-    fig.suptitle("loss per epoch: train (solid) and test (dashed)")
-    return save(fig, path)
+    for i, (run, a) in enumerate((run, a) for run, a in zip(runs, analyses) if run.log):
+        masked = is_masked(a["kind"], a["config"])
+        groups.setdefault(f"{a['dataset']}: test PSNR (dB), whole image" + (
+            "\nmasked models (MAE: the visible patches copied)" if masked else ""), []).append(
+            (run, f"C{i % 10}", [("psnr", "-")]))
+    return draw_per_epoch(groups, "test PSNR per epoch", path) if groups else None
 
 
-@torch.no_grad()
-def psnr_against_noise(model, x, variances, seed=0):
-    """Mean PSNR of decode(encode(x + noise)) and of the noisy input itself, for each noise variance:
-    -> (recon_psnr, input_psnr), lists as long as variances. Noise is clipped to [0, 1], as in training."""
-    recon_psnr, input_psnr = [], []
-    for variance in variances:
-        torch.manual_seed(seed)
-        noisy = add_noise(x, math.sqrt(variance))
-        recon = torch.cat([model.decode(model.encode(noisy[i:i + 500])) for i in range(0, len(x), 500)])
-        recon_psnr.append(metrics.psnr(recon, x).mean().item())
-        input_psnr.append(metrics.psnr(noisy, x).mean().item())
-    return recon_psnr, input_psnr
+def plot_loss_per_epoch(runs, analyses, path):
+    """A panel per kind of loss: a VAE's nats per image and an AE's MSE per pixel differ by orders of
+    magnitude. The VAE's two terms get panels of their own (C10)."""
+    groups = {}
+    for i, run in enumerate(run for run in runs if run.log):
+        loss = ("negative ELBO (nats / image)" if run.kind == "vae" else "MSE on hidden pixels"
+                if run.kind == "mae" or run.config.get("loss_on") == "masked" else "MSE per pixel")
+        terms = [("VAE: KL divergence (nats / image)", "kl"), ("VAE: -log p(x|z) (nats / image)", "recon_loss")]
+        for ylabel, train_key, test_key in [(loss, "train_loss", "test_loss")] + [
+                (ylabel, key, f"test_{key}") for ylabel, key in terms if key in run.log[0]]:
+            groups.setdefault(ylabel, []).append((run, f"C{i % 10}", [(train_key, "-"), (test_key, "--")]))
+    return draw_per_epoch(groups, "loss per epoch: train (solid) and test (dashed)", path) if groups else None
 
 
-def plot_psnr_vs_noise(runs, path, n=1000):
-    chosen = [run for run in runs if run.kind in ("ae", "dae")]
-    if not chosen:
+def plot_psnr_vs_noise(runs, analyses, path):
+    """Left: every AE and DAE at each test noise variance. Right, with one run per training variance: each
+    DAE at the variance it was trained with (the MLP report's PSNR against noise variance)."""
+    tested = [a for a in analyses if "noise" in a]
+    trained = {}
+    for a in tested:
+        if a["kind"] == "dae" and "psnr" in a["results"]:
+            trained.setdefault(a["dataset"], []).append((a["config"]["noise_std"] ** 2, a["results"]["psnr"]))
+    if not tested:
         return None
-    n = min([n] + [len(run.data.test_x) for run in chosen])
-    fig = new_figure(6.5, 4)
-    ax = fig.subplots()
-    baselines = {}
-    for i, run in enumerate(chosen):
-        x = test_images(run, torch.arange(n))
-        recon_psnr, input_psnr = psnr_against_noise(run.model, x, NOISE_VARIANCES)
-        run.stats["psnr_vs_noise"] = recon_psnr
-        baselines[run.args["dataset"]] = input_psnr
-        ax.plot(NOISE_VARIANCES, recon_psnr, marker="o", color=f"C{i % 10}", label=run.name)
-    # the noisy input itself, once per dataset: what a model has to beat
-    for (dataset, input_psnr), style in zip(baselines.items(), ["--", ":", "-.", (0, (5, 1, 1, 1))]):
-        ax.plot(NOISE_VARIANCES, input_psnr, linestyle=style, color="gray", marker=".",
-                label=f"noisy input ({dataset})" if len(baselines) > 1 else "noisy input")
-    ax.set_xlabel("noise variance (std = sqrt(variance))")
-    ax.set_ylabel("PSNR (dB)")
-    ax.set_xticks(NOISE_VARIANCES)
-    ax.grid(alpha=0.3)
-    legend_beside(ax)
-    ax.set_title(f"reconstruction PSNR against input noise, {n} test images")
+    fig, axes = panels(1 + bool(trained))
+    for a in tested:
+        axes[0].plot(NOISE_VARIANCES, a["noise"]["psnr"], marker="o", label=a["name"])
+    for dataset, style in zip(dict.fromkeys(a["dataset"] for a in tested), ["--", ":", "-.", (0, (5, 1, 1, 1))]):
+        axes[0].plot(NOISE_VARIANCES, next(a for a in tested if a["dataset"] == dataset)["noise"]["input_psnr"],
+                     linestyle=style, color="gray", marker=".", label=f"noisy input ({dataset})")  # to beat
+    axes[0].set_title(f"each run at every test noise, first {tested[0]['noise']['n_images']} test images")
+    for dataset, points in trained.items():
+        axes[1].plot(*zip(*sorted(points)), marker="o", label=dataset)
+        axes[1].set_title("each DAE at the noise it was trained with, whole test set")
+    for ax in axes:
+        ax.set(xlabel="noise variance (std = sqrt(variance))", ylabel="PSNR (dB)", xticks=NOISE_VARIANCES)
+        finish_axes(ax)
+    fig.suptitle("denoising: reconstruction PSNR against input noise")
     return save(fig, path)
 
 
-def is_plain_ae(run):
-    """An AE run, or an MCAE run with nothing masked (the same model)."""
-    return run.kind == "ae" or (run.kind == "mcae" and run.model.config.mask_ratio == 0)
+def plot_mask_ratios(runs, analyses, path):
+    """MCAE runs trained at different mask ratios, tested at the assignment's ratios, beside leaving the
+    holes black: a panel per dataset and kind of mask (C10)."""
+    groups = {}
+    for a in analyses:
+        if a["kind"] == "mcae" and a["config"]["mask_ratio"] > 0:
+            groups.setdefault((a["dataset"], a["config"]["mask_type"]), []).append(a)
+    if not groups:
+        return None
+    fig, axes = panels(len(groups), 6.5)
+    for ax, ((dataset, mask_type), members) in zip(axes, groups.items()):
+        for a in sorted(members, key=lambda a: a["config"]["mask_ratio"]):
+            ratios, psnr, black = zip(*[(s["mask_ratio"], s["hidden_psnr"], s["black_fill_hidden_psnr"])
+                                        for s in a["masking"]["settings"]])
+            ax.plot(ratios, psnr, marker="o", label=f"{a['name']} (trained at {a['config']['mask_ratio']})")
+        ax.plot(ratios, black, color="gray", linestyle="--", label="holes left black")
+        ax.set(title=f"{dataset}, {mask_type} masks", xlabel="test mask ratio", ylabel="PSNR on hidden pixels (dB)")
+        finish_axes(ax)
+    fig.suptitle(f"MCAE runs trained at different mask ratios, first {a['masking']['n_images']} test images")
+    return save(fig, path)
 
 
 @torch.no_grad()
-def plot_vae_vs_ae(runs, path):
+def plot_vae_vs_ae(runs, analyses, path):
     for vae in (run for run in runs if run.kind == "vae"):
-        ae = next((run for run in runs if is_plain_ae(run) and run.args["dataset"] == vae.args["dataset"]), None)
-        if ae is None:
-            continue
-        x = test_images(vae, class_indices(vae.data.test_y, N_IMAGES))
-        rows, labels = [list(x)], ["original"]
-        for run in (vae, ae):
-            recon = run.model(x)[1]["recon"]
-            rows.append(list(recon))
-            psnr = metrics.psnr(recon, x).mean().item()
-            labels.append(f"{'VAE' if run is vae else 'AE'} ({run.name})\nPSNR {psnr:.1f} dB")
-        return grid_figure(rows, path, labels, title="VAE against AE reconstructions of the same test images")
+        # an AE run, or an MCAE run with nothing masked (the same model)
+        ae = next((run for run in runs if run.args["dataset"] == vae.args["dataset"] and (
+            run.kind == "ae" or (run.kind == "mcae" and run.config["mask_ratio"] == 0))), None)
+        if ae is not None:
+            x = test_images(vae, class_indices(vae.data.test_y, N_IMAGES))
+            recons = [vae.model(x)[1]["recon"], ae.model(x)[1]["recon"]]
+            labels = [f"{what} ({run.name})\nPSNR {metrics.psnr(recon, x).mean():.1f} dB"
+                      for what, run, recon in zip(("VAE", "AE"), (vae, ae), recons)]
+            return grid_figure([list(x)] + [list(r) for r in recons], path, ["original"] + labels,
+                               title="VAE against AE reconstructions of the same test images")
     return None
 
 
-def three_level_runs(runs):
-    """The masking tutorial's three levels from MCAE runs of one dataset: nothing hidden, random pixels, blocks."""
+def plot_three_levels(runs, analyses, path):
+    """The masking tutorial's three levels from MCAE runs of one dataset: nothing hidden, random pixels,
+    blocks (of several runs of a level, the most masked: the tutorial's ratio 0.5)."""
     by_dataset = {}
-    for run in runs:
-        if run.kind != "mcae":
-            continue
-        config = run.model.config
-        level = "identity" if config.mask_ratio == 0 else config.mask_type
-        levels = by_dataset.setdefault(run.args["dataset"], {})
-        # of several runs of one level (a sweep of ratios), show the most masked: the tutorial's ratio 0.5
-        if level not in levels or config.mask_ratio > levels[level].model.config.mask_ratio:
-            levels[level] = run
-    for levels in by_dataset.values():
-        if len(levels) == 3:
-            return [levels["identity"], levels["pixel"], levels["block"]]
-    return None
-
-
-@torch.no_grad()
-def level_score(run, x):
-    """How well a level's MCAE fills in, on images x: PSNR over the hidden pixels, or over all pixels
-    when nothing is hidden."""
-    torch.manual_seed(0)
-    _, out = run.model(x)
-    config = run.model.config
-    if config.mask_ratio == 0:
-        return f"nothing hidden, PSNR {metrics.psnr(out['recon'], x).mean().item():.1f} dB over all pixels"
-    psnr = torch.nanmean(hidden_psnr(out["recon"], x, out["mask"])).item()
-    size = f" of {config.block_size}x{config.block_size}" if config.mask_type == "block" else ""
-    return f"{config.mask_ratio:.0%} hidden in {config.mask_type}s{size}, PSNR {psnr:.1f} dB on hidden pixels"
-
-
-@torch.no_grad()
-def plot_three_levels(runs, path, n=1000):
-    levels = three_level_runs(runs)
+    for run in sorted((run for run in runs if run.kind == "mcae"), key=lambda run: run.config["mask_ratio"]):
+        level = "identity" if run.config["mask_ratio"] == 0 else run.config["mask_type"]
+        by_dataset.setdefault(run.args["dataset"], {})[level] = run
+    levels = next((levels for levels in by_dataset.values() if len(levels) == 3), None)
     if levels is None:
         return None
-    data = levels[0].data
-    shown = class_indices(data.test_y, N_IMAGES)
-    scored = torch.arange(min(n, len(data.test_x)))  # the PSNR in the titles is over more images than are shown
-    fig = new_figure(1.5 + N_IMAGES, 3 * 2.4)
-    for ax, run, name in zip(fig.subplots(3, 1), levels, ["1. identity", "2. random pixels", "3. blocks"]):
-        score = level_score(run, test_images(run, scored))
+    fig, axes = panels(1, 1.5 + N_IMAGES, 2.4, n_rows=3)
+    for ax, (level, name) in zip(axes, [("identity", "1. identity"), ("pixel", "2. random pixels"),
+                                        ("block", "3. blocks")]):
+        run, config, results = levels[level], levels[level].config, levels[level].results
         torch.manual_seed(0)
-        _, out = run.model(test_images(run, shown))
+        _, out = run.model(test_images(run, class_indices(run.data.test_y, N_IMAGES)))
         draw_grid(ax, [list(mark_hidden(out["input"], out["mask"])), list(out["recon"])],
                   ["input\n(hidden: blue)", "reconstruction"])
-        ax.set_title(f"{name} ({run.name}): {score}")
+        size = f" of {config['block_size']}x{config['block_size']}" if level == "block" else ""
+        ax.set_title(f"{name} ({run.name}): " + (
+            f"nothing hidden, test PSNR {fmt(results.get('psnr'), 1)} dB" if level == "identity" else
+            f"{config['mask_ratio']:.0%} hidden in {level}s{size}, test PSNR {fmt(results.get('psnr_hidden'), 1)} "
+            "dB on hidden pixels"))
     fig.suptitle("three levels of reconstruction difficulty (MCAE)", fontweight="bold")
     return save(fig, path)
 
 
+COMPARISON_FIGURES = {"psnr_per_epoch": plot_psnr_per_epoch, "loss_per_epoch": plot_loss_per_epoch,
+                      "psnr_vs_noise": plot_psnr_vs_noise, "mask_ratios": plot_mask_ratios, "vae_vs_ae": plot_vae_vs_ae,
+                      "three_levels": plot_three_levels}
+
+
 # -----------------------------------------------------------------------------
-# report.md
+# report.md: from the analysis dicts alone
 
 
 def fmt(value, digits=4):
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    return f"{value:.{digits}f}"
-
-
-def count(value):
-    return "–" if value is None else f"{value:,}"
-
-
-def class_value(values, c):
-    """values[c] as a float, nan for a class absent from the t-SNE subset (cluster_stats stops at the
-    largest label present)."""
-    return values[c].item() if c < len(values) else math.nan
+    return f"{value:,}" if digits is None else f"{value:.{digits}f}"
 
 
 def table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows] + [""])
 
 
-def input_psnr(run):
-    value = run.results.get("psnr_input")
-    # the input is the image itself (AE, VAE, nothing masked): metrics.psnr's 100 dB cap, not a measurement
-    return "clean" if value is not None and value >= 99.9 else fmt(value, 2)
+def best_reconstructions(analyses):
+    """The best run of each group of runs whose PSNRs compare: one dataset, masked models apart, scored on
+    the hidden pixels (the MAE's whole-image PSNR counts the patches it copied).
+    -> {(dataset, masked): (analysis, results key)}"""
+    best = {}
+    for a in analyses:
+        group = a["dataset"], is_masked(a["kind"], a["config"])
+        key = "psnr_hidden" if group[1] else "psnr"
+        if a["results"].get(key) is not None and (group not in best or a["results"][key] > best[group][0]["results"][key]):
+            best[group] = (a, key)
+    return best
 
 
-def best(runs, key):
-    scored = [run for run in runs if isinstance(run.results.get(key), (int, float))]
-    return max(scored, key=lambda run: run.results[key]) if scored else None
+def summary(analyses):
+    """The best accuracy and the best reconstruction, each among runs that compare."""
+    sentences = []
+    for dataset in dict.fromkeys(a["dataset"] for a in analyses):
+        for key, label in [("linear_acc", "linear-probe"), ("finetune_acc", "fine-tune")]:
+            scored = [a for a in analyses if a["dataset"] == dataset and a["results"].get(key) is not None]
+            if scored:
+                top = max(scored, key=lambda a: a["results"][key])
+                sentences.append(f"On {dataset}, the best {label} accuracy is {top['name']}'s ({top['results'][key]:.1%}).")
+    for (dataset, masked), (top, key) in best_reconstructions(analyses).items():
+        what, pixels = ("masked model", " on the hidden pixels") if masked else ("model given whole or noisy images", "")
+        sentences.append(f"On {dataset}, the best reconstruction by a {what} is {top['name']}'s, "
+                         f"{top['results'][key]:.2f} dB PSNR{pixels} on the test set.")
+    return " ".join(sentences)
 
 
-def summary(runs):
-    """One or two sentences from the numbers: the best accuracy and the best PSNR."""
-    protocols = [("linear_acc", "linear-probe"), ("finetune_acc", "fine-tune")]
-    if len(runs) == 1:
-        run = runs[0]
-        parts = [f"{run.results[key]:.1%} {label} accuracy" for key, label in protocols if key in run.results]
-        if "psnr" in run.results:
-            parts.append(f"{run.results['psnr']:.2f} dB PSNR on the test set")
-        return f"{run.name} reaches " + " and ".join(parts) + "." if parts else ""
-    parts = []
-    for key, label in protocols:
-        top = best(runs, key)
-        if top:
-            parts.append(f"the best {label} accuracy is {top.name}'s ({top.results[key]:.1%})")
-    sentence = ("Of these runs, " + " and ".join(parts) + ". ") if parts else ""
-    top = best(runs, "psnr")
-    if top:
-        sentence += f"The best reconstruction is {top.name}'s, at {top.results['psnr']:.2f} dB PSNR on the test set."
-    return sentence
+def settings(a):
+    """The settings that tell runs apart (the MLP report's architecture, latent size, L1, noise)."""
+    config = a["config"]
+    arch = (f"ViT patch {config['patch_size']}, depth {config['depth']}" if a["kind"] == "mae" else
+            f"{config['arch']} " + "-".join(map(str, config["hidden" if config["arch"] == "mlp" else "channels"])))
+    corruption = f"{config.get('mask_type', 'patch')} mask {config['mask_ratio']}" if is_masked(a["kind"], config) else "none"
+    if a["kind"] == "dae":
+        corruption = f"noise std {config['noise_std']:.3g} (variance {config['noise_std'] ** 2:.2g})"
+    return [arch, a["tsne"]["latent_size"], f"{config.get('l1', 0):g}", corruption]
 
 
-def runs_section(runs):
-    return ["## Runs", "", table(
-        ["run", "model", "dataset", "training images", "epochs", "parameters"],
-        [[run.name, run.kind, run.args["dataset"], count(run.results.get("train_size")),
-          run.log[-1]["epoch"] if run.log else "–", count(run.results.get("parameters"))] for run in runs]), ""]
-
-
-def accuracy_section(runs):
-    """One column per protocol that ran in any of the runs (DvM's accuracy table)."""
+def tables(analyses):
+    """Every table of report.md but the clusters': runs, accuracy, reconstruction, noise, masks."""
+    named = [(a["name"], a["results"]) for a in analyses]
+    lines = ["## Runs", "", table(["run", "model", "dataset", "architecture", "latent size", "L1", "input corruption",
+                                   "training images", "epochs", "parameters"],
+                                  [[a["name"], a["kind"], a["dataset"], *settings(a), fmt(a["results"].get("train_size"), None),
+                                    a["epochs"] or "–", fmt(a["results"].get("parameters"), None)] for a in analyses])]
     protocols = [(key, label) for key, label in [("linear_acc", "linear probe"), ("knn_acc", "k-NN"),
-                                                 ("finetune_acc", "fine-tune")]
-                 if any(key in run.results for run in runs)]
-    if not protocols:
-        return []
-    return ["## Classification accuracy (test set)", "", table(
-        ["run"] + [label for _, label in protocols],
-        [[run.name] + [fmt(run.results.get(key)) for key, _ in protocols] for run in runs]), ""]
-
-
-def reconstruction_section(runs):
-    lines = ["## Reconstruction (test set)", "",
-             "PSNR of the input: the noisy or masked image the encoder saw, against the original. "
-             "Hidden PSNR: masked models, over the hidden pixels only.", "", table(
-                 ["run", "PSNR (dB)", "SSIM", "MSE", "MAE", "PSNR of input (dB)", "hidden PSNR (dB)"],
-                 [[run.name, fmt(run.results.get("psnr"), 2), fmt(run.results.get("ssim")),
-                   fmt(run.results.get("mse"), 5), fmt(run.results.get("mae"), 5),
-                   input_psnr(run), fmt(run.results.get("psnr_hidden"), 2)] for run in runs]), ""]
-    noisy = [run for run in runs if "psnr_vs_noise" in run.stats]
+                                                 ("finetune_acc", "fine-tune")] if any(key in r for _, r in named)]
+    if protocols:  # a column per protocol that ran in any of the runs (DvM's accuracy table)
+        lines += ["## Classification accuracy (test set)", "", table(
+            ["run"] + [label for _, label in protocols], [[n] + [fmt(r.get(key)) for key, _ in protocols] for n, r in named])]
+    lines += ["## Reconstruction (test set)", "", "PSNR of input: the noisy or masked image the encoder saw against "
+              "the original (clean: the image itself). Hidden PSNR: masked models, over the hidden pixels only. "
+              "Mean abs. error: mean |reconstruction - original| per pixel.", "", table(
+                  ["run", "PSNR (dB)", "SSIM", "MSE", "mean abs. error", "PSNR of input (dB)", "hidden PSNR (dB)"],
+                  [[n, fmt(r.get("psnr"), 2), fmt(r.get("ssim")), fmt(r.get("mse"), 5), fmt(r.get("mae"), 5),
+                    # 99.9: metrics.psnr's 100 dB cap for an input equal to the image, not a measurement
+                    "clean" if r.get("psnr_input", 0) >= 99.9 else fmt(r.get("psnr_input"), 2),
+                    fmt(r.get("psnr_hidden"), 2)] for n, r in named])]
+    noisy = [a for a in analyses if "noise" in a]
     if noisy:
-        lines += ["## PSNR (dB) against input noise", "", table(
-            ["run"] + [f"variance {v}" for v in NOISE_VARIANCES],
-            [[run.name] + [fmt(v, 2) for v in run.stats["psnr_vs_noise"]] for run in noisy]), ""]
+        lines += ["## PSNR (dB) against input noise", "", f"The first {noisy[0]['noise']['n_images']} test images, "
+                  "Gaussian noise clipped to [0, 1].", "", table(["run"] + [f"variance {v}" for v in NOISE_VARIANCES],
+                  [[a["name"]] + [fmt(v, 2) for v in a["noise"]["psnr"]] for a in noisy])]
+    # what training with masks buys (C10): every setting of every run, the same setting's rows together
+    masked = sorted((s["mask_type"], s["block_size"], s["mask_ratio"], a["dataset"], a["name"], s, a["masking"]["n_images"])
+                    for a in analyses if "masking" in a for s in a["masking"]["settings"])
+    if masked:
+        lines += ["## Filling in hidden pixels", "", f"The first {masked[0][6]} test images, masked the same way for "
+                  "every model: MCAE and MAE runs beside the plain AEs (AE runs, MCAE runs at mask ratio 0). Black fill: "
+                  "the hidden PSNR of leaving the holes black, what a model that learned nothing scores (high where "
+                  "the holes fall on background).", "", table(
+                      ["run", "dataset", "mask", "PSNR (dB)", "hidden PSNR (dB)", "black fill hidden PSNR (dB)"],
+                      [[name, dataset, f"{kind} {ratio}" + (f" ({block}x{block})" if kind == "block" else ""),
+                        fmt(s["psnr"], 2), fmt(s["hidden_psnr"], 2), fmt(s["black_fill_hidden_psnr"], 2)]
+                       for kind, block, ratio, dataset, name, s, _ in masked])]
     return lines
 
 
-@torch.no_grad()
-def filling_section(runs, n=1000):
-    """What training with masks buys (C10): each MCAE against the plain AE (an MCAE run with mask ratio 0
-    of the same dataset) given the very same masked test images."""
-    plain = {run.args["dataset"]: run for run in runs if run.kind == "mcae" and run.model.config.mask_ratio == 0}
-    rows = []
-    for run in runs:
-        config = run.model.config
-        if run.kind != "mcae" or config.mask_ratio == 0 or run.args["dataset"] not in plain:
-            continue
-        x = test_images(run, torch.arange(min(n, len(run.data.test_x))))
-        settings = dict(mask_type=config.mask_type, mask_ratio=config.mask_ratio, block_size=config.block_size)
-        row = [run.name, f"{config.mask_type} {config.mask_ratio}"]
-        for model in (run.model, plain[run.args["dataset"]].model):
-            _, recon, mask = masked_reconstruction(model, x, **settings)
-            psnr_hidden = torch.nanmean(hidden_psnr(recon, x, mask)).item()
-            row += [fmt(metrics.psnr(recon, x).mean().item(), 2), fmt(psnr_hidden, 2)]
-        rows.append(row)
-    if not rows:
-        return []
-    return ["## Filling in hidden pixels: MCAE against the plain AE", "",
-            f"PSNR (dB) over all pixels and over the hidden ones, on the first {n} test images masked the "
-            "same way for both models (the plain AE is the MCAE run trained with mask ratio 0).", "",
-            table(["run", "mask", "MCAE PSNR", "MCAE hidden PSNR", "plain AE PSNR", "plain AE hidden PSNR"], rows),
-            ""]
-
-
-def cluster_section(runs):
-    """DvM's cluster radius per class, in the t-SNE embedding and in the latent space; one table per
-    dataset, since the classes differ."""
-    by_dataset = {}
-    for run in runs:
-        if "tsne" in run.stats:
-            by_dataset.setdefault(run.args["dataset"], []).append(run)
-    if not by_dataset:
-        return []
+def cluster_tables(analyses):
+    """DvM's cluster radius per class, in the t-SNE embedding and in the latent space; a table per dataset."""
     lines = ["## Clusters", "",
              "Radius of a class: the mean distance of its points to their centre (as the DAE-vs-MAE study), over the "
              "clean test images of the t-SNE figure. In the 2-D t-SNE embedding it is in t-SNE units; in "
              "the latent space it is divided by the mean distance of all points to the overall centre, "
              "so models with latents of different sizes and scales compare fairly. Smaller is tighter; "
              "a higher silhouette (-1 .. 1) means better separated classes.", ""]
-    for dataset, members in by_dataset.items():
-        for title, source, key in [("t-SNE radius", "tsne", "radius"),
-                                   ("latent radius / spread", "latent", "relative_radius")]:
-            rows = [[name] + [fmt(class_value(run.stats[source][key], c), 3) for run in members]
-                    for c, name in enumerate(members[0].data.classes)]
-            rows.append(["**mean**"] + [fmt(torch.nanmean(run.stats[source][key]).item(), 3) for run in members])
-            rows.append(["**silhouette**"] + [fmt(run.stats[source]["silhouette"], 3) for run in members])
-            lines += [f"### {title}, {dataset}", "", table(["class"] + [run.name for run in members], rows), ""]
+    for dataset in dict.fromkeys(a["dataset"] for a in analyses):
+        members = [a for a in analyses if a["dataset"] == dataset]
+        for title, source, key in [("t-SNE radius", "tsne", "radius"), ("latent radius / spread", "latent",
+                                                                         "relative_radius")]:
+            stats = [a["tsne"]["clean"][source] for a in members]
+            # cluster_stats stops at the largest label present: a class past it has no radius
+            rows = [[name] + [fmt(s[key][c] if c < len(s[key]) else None, 3) for s in stats]
+                    for c, name in enumerate(members[0]["classes"])]
+            rows += [["**mean**"] + [fmt(float(np.nanmean(s[key])), 3) for s in stats],
+                     ["**silhouette**"] + [fmt(s["silhouette"], 3) for s in stats]]
+            lines += [f"### {title}, {dataset}", "", table(["class"] + [a["name"] for a in members], rows)]
     return lines
 
 
-def figures_section(runs, comparison_figures, out_dir):
-    """Links to every figure written, relative to report.md: this is also the list of what was drawn."""
-    def links(figures):
-        return ", ".join(f"[{name}]({os.path.relpath(path, out_dir)})" for name, path in figures.items())
-
-    lines = ["## Figures", ""] + [f"- {run.name}: {links(run.figures)}" for run in runs]
-    if comparison_figures:
-        lines.append(f"- comparing runs: {links(comparison_figures)}")
-    return lines
-
-
-def write_report(runs, comparison_figures, out_dir):
-    lines = (["# nanoAE report", "", summary(runs), ""] + runs_section(runs) + accuracy_section(runs)
-             + reconstruction_section(runs) + filling_section(runs) + cluster_section(runs)
-             + figures_section(runs, comparison_figures, out_dir))
+def write_report(analyses, out_dir, figures=None):
+    """report.md from the analysis dicts alone (as in analysis.json); figures: {label: {name: path}} to link."""
+    worked = [[a["name"]] + [fmt(a["worked_example"][key], digits) for key, digits in
+                             [("mse", 5), ("psnr", 2), ("brightness", 4), ("contrast_structure", 4), ("ssim", 4)]]
+              for a in analyses]
+    lines = (["# nanoAE report", "", summary(analyses), ""] + tables(analyses) + cluster_tables(analyses) + [
+        "## PSNR and SSIM worked through: the first test image", "",
+        "PSNR = 10 log10(1 / MSE) for pixels in [0, 1]. SSIM compares 11x11 Gaussian windows (sigma 1.5) of the "
+        "reconstruction x and the original y: per window a brightness factor (2 mu_x mu_y + C1) / (mu_x^2 + "
+        "mu_y^2 + C1) times a contrast-structure factor (2 cov_xy + C2) / (var_x + var_y + C2), C1 = 0.01^2, "
+        "C2 = 0.03^2, averaged over the windows. The columns give each factor's mean; SSIM is the mean of their "
+        "product, near but not equal to the product of the means.", "",
+        table(["run", "MSE", "PSNR = 10 log10(1/MSE) (dB)", "brightness", "contrast-structure", "SSIM"], worked)])
+    if figures:  # relative to report.md: also the list of what was drawn
+        lines += ["## Figures", ""] + [f"- {label}: " + ", ".join(
+            f"[{name}]({os.path.relpath(path, out_dir)})" for name, path in by_name.items())
+            for label, by_name in figures.items()]
     path = os.path.join(out_dir, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -889,15 +812,13 @@ def write_report(runs, comparison_figures, out_dir):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="directories written by train.py")
-    p.add_argument("--out", default=None, help="where report.md and the figures comparing runs go "
-                   "(default: the parent of the first RUN_DIR)")
+    p.add_argument("--out", help="where report.md and the figures comparing runs go (default: the parent of "
+                   "the first RUN_DIR)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="(default: cuda if available, else cpu)")
-    p.add_argument("--data-dir", default=None,
-                   help="where torchvision finds the datasets (default: the --data-dir each run was trained with)")
-    p.add_argument("--threads", type=train.positive_int, default=1,
-                   help="CPU threads for torch; the tensors here are small, so more threads mostly wait on each "
-                   "other, and on a busy machine they slow everything down (default: 1)")
+    p.add_argument("--data-dir", help="where torchvision finds the datasets (default: each run's own --data-dir)")
+    p.add_argument("--threads", type=train.positive_int, default=1, help="CPU threads for torch; the tensors "
+                   "here are small, so more threads mostly wait on each other (default: 1)")
     p.add_argument("--tsne-per-class", type=train.positive_int, default=200,
                    help="test images per class in the t-SNE figures and cluster tables (default: 200)")
     p.add_argument("--tsne-iters", type=train.positive_int, default=1000,
@@ -907,26 +828,9 @@ def parse_args(argv=None):
     return args
 
 
-def draw_comparison_figures(runs, out_dir):
-    """Every figure comparing runs that applies to the runs given: name -> path written."""
-    figure_dir = os.path.join(out_dir, "figures")
-    comparison = {
-        "psnr_per_epoch": lambda: plot_per_epoch(runs, "psnr", "test PSNR (dB)", "test PSNR per epoch",
-                                                 os.path.join(figure_dir, "psnr_per_epoch.png")),
-        "loss_per_epoch": lambda: plot_loss_per_epoch(runs, os.path.join(figure_dir, "loss_per_epoch.png")),
-        "psnr_vs_noise": lambda: plot_psnr_vs_noise(runs, os.path.join(figure_dir, "psnr_vs_noise.png")),
-        "vae_vs_ae": lambda: plot_vae_vs_ae(runs, os.path.join(figure_dir, "vae_vs_ae.png")),
-        "three_levels": lambda: plot_three_levels(runs, os.path.join(figure_dir, "three_levels.png")),
-    }
-    figures = {}
-    for name, draw in comparison.items():
-        path = draw()
-        if path:
-            figures[name] = path
-    return figures
-
-
 def main(argv=None):
+    """Measure each run into RUN_DIR/analysis.json and draw its figures, then compare the runs and write
+    report.md. Returns the runs, their analyses and the figures drawn ({run name: {figure: path}})."""
     args = parse_args(argv)
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
@@ -934,27 +838,26 @@ def main(argv=None):
         t0 = time.time()
         runs = load_runs(args.run_dirs, args.device, args.data_dir)
         print(f"loaded {len(runs)} run(s) in {time.time() - t0:.1f}s: {', '.join(run.name for run in runs)}")
+        analyses, figures = [], {}
         for run in runs:
-            warning = train.dead_run_warning(run.results)
-            if warning:
-                print(f"{run.name}: {warning}")
-        for run in runs:
-            t = time.time()
-            draw_run_figures(run, args)
-            print(f"{run.name}: {len(run.figures)} figures in {time.time() - t:.1f}s")
-        write_report(runs, draw_comparison_figures(runs, args.out), args.out)
+            print(f"{run.name}: {train.dead_run_warning(run.results) or 'measuring'}")
+            analyses.append(measure(run, args.tsne_per_class, args.tsne_iters))
+            with open(os.path.join(run.path, "analysis.json"), "w") as f:
+                json.dump(analyses[-1], f, indent=1)
+            figures[run.name] = {name: path for name, plot in PER_RUN_FIGURES.items() if (path := plot(run, analyses[-1]))}
+        figures["comparing runs"] = {name: path for name, plot in COMPARISON_FIGURES.items() if (
+            path := plot(runs, analyses, os.path.join(args.out, "figures", f"{name}.png")))}
+        write_report(analyses, args.out, figures)
         print(f"done in {time.time() - t0:.1f}s")
     finally:
         torch.set_num_threads(threads)  # main() called from Python (tests) leaves the process as it was
-    return runs
+    return runs, analyses, figures
 
 
 if __name__ == "__main__":
     try:
         main()
-    except (AnalyzeError, RunError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except OSError as e:  # an unwritable --out, an unreadable file: the file and the reason
-        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+    except (AnalyzeError, RunError, OSError) as e:  # OSError: an unwritable --out, an unreadable file
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"error: {where}{getattr(e, 'strerror', None) or e}", file=sys.stderr)
         sys.exit(1)

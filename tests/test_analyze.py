@@ -1,7 +1,9 @@
 """analyze.py on tiny runs made by train.py: every figure that applies is drawn as a real image, the others
-are not, report.md carries each run's numbers; and the numbers behind two figures, checked on their own."""
+are not, analysis.json holds every number report.md shows and report.md can be written from it alone;
+and the numbers behind the figures, checked on their own."""
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import torch
 import torch.nn as nn
 
 import analyze
+import metrics
 import train
 from ae import AE, AEConfig
 from conftest import tiny_datasets
@@ -20,7 +23,7 @@ from mcae import MCAE, MCAEConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-CONV = ["--channels", "8,16", "--latent-channels", "4"]
+CONV = ["--conv-channels", "8,16", "--latent-channels", "4"]
 # run name -> (dataset, train.py flags): every kind of model, and the runs the comparison figures need
 RUNS = {
     "ae": ("fashion-mnist", ["--model", "ae", *CONV]),
@@ -34,7 +37,7 @@ RUNS = {
                               "--decoder-embed-dim", "16", "--decoder-depth", "1", "--decoder-num-heads", "2"]),
     "dae-cifar": ("cifar10", ["--model", "dae", *CONV]),
 }
-EVERY_RUN = ["reconstructions", "curves", "tsne", "weights"]
+EVERY_RUN = ["reconstructions", "tsne", "weights"]
 EXPECTED = {  # per-run figures that apply (and, for models with a decoder, interpolation and arithmetic)
     "ae": EVERY_RUN + ["saliency"],
     "dae": EVERY_RUN + ["saliency"],
@@ -46,7 +49,7 @@ EXPECTED = {  # per-run figures that apply (and, for models with a decoder, inte
     "mae": EVERY_RUN + ["attention", "error_heatmaps"],
     "dae-cifar": EVERY_RUN + ["saliency"],
 }
-COMPARISON = ["psnr_per_epoch", "loss_per_epoch", "psnr_vs_noise", "vae_vs_ae", "three_levels"]
+COMPARISON = ["psnr_per_epoch", "loss_per_epoch", "psnr_vs_noise", "mask_ratios", "vae_vs_ae", "three_levels"]
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +62,9 @@ def analysed(tmp_path_factory):
         for name, (dataset, flags) in RUNS.items():
             train.main(["--dataset", dataset, "--data-dir", data_dir, "--out-dir", str(root / "runs" / name),
                         "--device", "cpu", "--batch-size", "32", "--epochs", "2", "--eval", "linear", *flags])
-        runs = analyze.main([str(root / "runs" / name) for name in RUNS]
-                            + ["--device", "cpu", "--tsne-per-class", "5", "--tsne-iters", "300"])
-    return root, {run.name: run for run in runs}
+        runs, analyses, figures = analyze.main([str(root / "runs" / name) for name in RUNS]
+                                               + ["--device", "cpu", "--tsne-per-class", "5", "--tsne-iters", "300"])
+    return root, {run.name: run for run in runs}, {a["name"]: a for a in analyses}, figures
 
 
 def assert_real_image(path):
@@ -82,14 +85,14 @@ def decoder_figures(run):
 
 
 def test_every_figure_that_applies_is_drawn(analysed):
-    root, runs = analysed
+    root, runs, analyses, figures = analysed
     for name, expected in EXPECTED.items():
         expected = expected + decoder_figures(runs[name])
         figure_dir = root / "runs" / name / "figures"
         drawn = {f.removesuffix(".png") for f in os.listdir(figure_dir)}
         # the figures that do not apply are skipped: no attention for conv models, no saliency for the MAE, ...
         assert drawn == set(expected), name
-        assert set(runs[name].figures) == drawn
+        assert set(figures[name]) == drawn
         for figure in expected:
             assert_real_image(figure_dir / f"{figure}.png")
     for figure in COMPARISON:
@@ -102,14 +105,14 @@ def test_arithmetic_with_every_class_present(analysed, tmp_path, name):
     relabelled so every class is present, the figure is drawn."""
     run = analysed[1][name]
     labels = torch.arange(len(run.data.test_y)) % 10
-    relabelled = dataclasses.replace(run, path=str(tmp_path), figures={},
+    relabelled = dataclasses.replace(run, path=str(tmp_path),
                                      data=dataclasses.replace(run.data, test_y=labels))
-    assert analyze.plot_arithmetic(relabelled) == str(tmp_path / "figures" / "arithmetic.png")
+    assert analyze.plot_arithmetic(relabelled, None) == str(tmp_path / "figures" / "arithmetic.png")
     assert_real_image(tmp_path / "figures" / "arithmetic.png")
 
 
 def test_report_has_each_runs_numbers_and_links(analysed):
-    root, runs = analysed
+    root, runs, analyses, figures = analysed
     report = (root / "runs" / "report.md").read_text()
     for heading in ("## Classification accuracy", "## Reconstruction", "## PSNR (dB) against input noise",
                     "### t-SNE radius, fashion-mnist", "### latent radius / spread, cifar10", "## Figures"):
@@ -124,7 +127,8 @@ def test_report_has_each_runs_numbers_and_links(analysed):
     assert "| Ankle boot |" in report and "| truck |" in report
     # every link points to a file that is there
     links = [part.split(")")[0] for part in report.split("](")[1:]]
-    assert len(links) == sum(len(run.figures) for run in runs.values()) + len(COMPARISON)
+    assert len(links) == sum(len(drawn) for drawn in figures.values())
+    assert set(figures["comparing runs"]) == set(COMPARISON)
     for link in links:
         assert (root / "runs" / link).is_file(), link
     assert report.count("silhouette") >= 2
@@ -164,8 +168,6 @@ def test_saliency_is_the_squared_jacobian_summed_over_latents_and_channels():
             column = (model.encode(x[:1] + bump) - model.encode(x[:1] - bump))[0] / (2 * eps)  # (D,)
             total += column.pow(2).sum().item()
         assert total == pytest.approx(energy[0, h, w].item(), rel=1e-6)
-    saliency = analyze.normalise_per_image(energy)
-    assert saliency.amin(dim=(1, 2)).tolist() == [0, 0] and saliency.amax(dim=(1, 2)).tolist() == [1, 1]
 
 
 class Identity(nn.Module):
@@ -190,50 +192,167 @@ def test_psnr_falls_as_noise_grows():
 
 
 def test_psnr_against_noise_is_reported_for_ae_and_dae_runs(analysed):
-    root, runs = analysed
+    root, runs, analyses, figures = analysed
     report = (root / "runs" / "report.md").read_text()
     for name, run in runs.items():
         if run.kind in ("ae", "dae"):
-            psnr = run.stats["psnr_vs_noise"]
+            psnr = analyses[name]["noise"]["psnr"]
             assert len(psnr) == 4 and all(0 < v < 100 for v in psnr), (name, psnr)
             assert f"| {name} | " + " | ".join(f"{v:.2f}" for v in psnr) + " |" in report
         else:
-            assert "psnr_vs_noise" not in run.stats
+            assert "noise" not in analyses[name]
+
+
+class FrozenConfig:
+    """A model's config that refuses every change: analysis must pass other mask ratios as arguments."""
+
+    def __init__(self, config):
+        object.__setattr__(self, "config", config)
+
+    def __getattr__(self, name):
+        return getattr(self.config, name)
+
+    def __setattr__(self, name, value):
+        raise AssertionError(f"analyze.py set config.{name} = {value!r}")
 
 
 @pytest.mark.parametrize("model", [MCAE(MCAEConfig(mask_type="pixel", mask_ratio=0.5)),
                                    MAE(MAEConfig(embed_dim=32, depth=1, decoder_embed_dim=16, decoder_depth=1))])
-def test_masked_reconstruction_at_other_ratios(model):
+def test_masked_reconstruction_at_other_ratios_leaves_the_config_alone(model):
     x = torch.rand(8, 1, 28, 28)
-    trained = model.config.mask_ratio
+    model.config = FrozenConfig(model.config)
     for ratio in analyze.MASK_RATIOS:
-        inp, recon, mask = analyze.masked_reconstruction(model.eval(), x, mask_ratio=ratio)
+        inp, recon, mask = analyze.masked_reconstruction(model.eval(), x, ratio, mask_type="pixel")
         assert mask.mean().item() == pytest.approx(ratio, abs=0.08)
         assert torch.equal(inp, x * (1 - mask)) and recon.shape == x.shape
-    assert model.config.mask_ratio == trained  # put back
 
 
 def test_same_masks_for_the_mcae_and_the_plain_ae():
     """The filling table compares models on the very same masked images: same settings, same masks."""
     x = torch.rand(8, 1, 28, 28)
     mcae = MCAE(MCAEConfig(mask_type="block", mask_ratio=0.5)).eval()
-    plain = MCAE(MCAEConfig(mask_ratio=0, mask_type="pixel")).eval()
-    settings = dict(mask_type="block", mask_ratio=0.5, block_size=8)
-    inp_a, _, mask_a = analyze.masked_reconstruction(mcae, x, **settings)
-    inp_b, _, mask_b = analyze.masked_reconstruction(plain, x, **settings)
+    plain = AE(AEConfig()).eval()
+    inp_a, _, mask_a = analyze.masked_reconstruction(mcae, x, 0.5, "block", 8)
+    inp_b, _, mask_b = analyze.masked_reconstruction(plain, x, 0.5, "block", 8)
     assert torch.equal(mask_a, mask_b) and torch.equal(inp_a, inp_b) and mask_a.any()
-    assert plain.config.mask_ratio == 0 and plain.config.mask_type == "pixel"  # put back
 
 
 def test_report_compares_masked_filling_with_the_plain_ae(analysed):
-    root, runs = analysed
+    root, runs, analyses, figures = analysed
     report = (root / "runs" / "report.md").read_text()
     section = report.split("## Filling in hidden pixels")[1].split("\n## ")[0]
-    assert "| mcae-pixel | pixel 0.5 |" in section and "| mcae-block | block 0.5 |" in section
-    assert "mcae-identity |" not in section
+    # the MCAEs' own settings, with the plain AEs (AE, MCAE at ratio 0) on the same masks beside them
+    for mask in ("pixel 0.5", "block 0.5 (8x8)"):
+        for name in ("ae", "mcae-identity", "mcae-pixel" if mask.startswith("pixel") else "mcae-block"):
+            assert f"| {name} | fashion-mnist | {mask} |" in section, (name, mask)
+    assert "| mae | fashion-mnist | patch 0.75 |" in section and "| dae |" not in section
 
 
 def test_images_are_picked_one_class_after_another():
     labels = torch.tensor([3, 1, 1, 0, 3, 2, 0, 2])
     assert analyze.class_indices(labels, 6).tolist() == [3, 1, 5, 0, 6, 2]
     assert analyze.balanced_indices(labels, 1).tolist() == [3, 1, 5, 0]
+
+
+# -----------------------------------------------------------------------------
+# measure once, then draw: analysis.json is all report.md needs
+
+
+def test_analysis_json_holds_what_the_report_shows(analysed, tmp_path):
+    """report.md written from the analysis.json files alone, with no model, data or figure, is the report
+    main() wrote, but for the links to figures."""
+    root, runs, analyses, figures = analysed
+    saved = [json.load(open(root / "runs" / name / "analysis.json")) for name in RUNS]
+    assert [a["name"] for a in saved] == list(RUNS)
+    for a in saved:
+        assert a["results"] == json.load(open(root / "runs" / a["name"] / "results.json"))
+    analyze.write_report(saved, str(tmp_path))
+    alone = (tmp_path / "report.md").read_text()
+    full = (root / "runs" / "report.md").read_text()
+    assert "## Figures" not in alone and alone.strip() == full.split("## Figures")[0].strip()
+
+
+def test_report_numbers_come_from_the_analysis(tmp_path):
+    """Change a number in an analysis and the report shows the new one: nothing else feeds it."""
+    analysis = fake_analysis("run-a", "dae", "mnist", psnr=21.5, noise_std=0.1)
+    analyze.write_report([analysis], str(tmp_path))
+    report = (tmp_path / "report.md").read_text()
+    assert "| run-a | 21.50 |" in report and "noise std 0.1 (variance 0.01)" in report
+    assert "| run-a | 1.00000 | 0.00 |" in report  # worked example: MSE 1 -> PSNR 10 log10(1/1) = 0 dB
+
+
+def fake_analysis(name, kind, dataset, psnr, psnr_hidden=None, noise_std=None, mask_ratio=0.75):
+    """An analysis dict as measure() writes it, with made-up numbers."""
+    config = {"arch": "conv", "channels": [8, 16], "l1": 0.0}
+    if kind == "dae":
+        config["noise_std"] = noise_std
+    if kind == "mae":
+        config = {"patch_size": 4, "depth": 2, "mask_ratio": mask_ratio}
+    results = {"psnr": psnr, "ssim": 0.5, "mse": 0.01, "mae": 0.05, "linear_acc": 0.5}
+    if psnr_hidden is not None:
+        results["psnr_hidden"] = psnr_hidden
+    stats = {"radius": [1.0, 2.0], "relative_radius": [0.5, 0.6], "silhouette": 0.1}
+    return {"name": name, "kind": kind, "dataset": dataset, "classes": ["a", "b"], "config": config, "epochs": 2,
+            "results": results, "tsne": {"latent_size": 16, "clean": {"tsne": stats, "latent": stats}},
+            "worked_example": {"mse": 1.0, "psnr": 0.0, "brightness": 1.0, "contrast_structure": 0.5, "ssim": 0.5}}
+
+
+def test_best_reconstruction_compares_like_with_like():
+    """The MAE's whole-image PSNR counts the patches it copied, so masked models are ranked by hidden PSNR,
+    apart from the others, and each dataset apart."""
+    analyses = [fake_analysis("dae-mnist", "dae", "mnist", 25.0, noise_std=0.3),
+                fake_analysis("ae-mnist", "ae", "mnist", 27.0),
+                fake_analysis("mae-mnist", "mae", "mnist", 35.0, psnr_hidden=15.0),
+                fake_analysis("mae-big-mnist", "mae", "mnist", 30.0, psnr_hidden=17.0),
+                fake_analysis("dae-cifar", "dae", "cifar10", 29.0, noise_std=0.3)]
+    best = analyze.best_reconstructions(analyses)
+    assert {group: (a["name"], key) for group, (a, key) in best.items()} == {
+        ("mnist", False): ("ae-mnist", "psnr"), ("mnist", True): ("mae-big-mnist", "psnr_hidden"),
+        ("cifar10", False): ("dae-cifar", "psnr")}
+    summary = analyze.summary(analyses)
+    assert "mae-big-mnist's, 17.00 dB PSNR on the hidden pixels" in summary
+    assert "On cifar10, the best reconstruction by a model given whole or noisy images is dae-cifar's" in summary
+    assert "mae-mnist's" not in summary
+
+
+class BlackImages(nn.Module):
+    """The decoder of a dead autoencoder: black images, whatever the code."""
+
+    def forward(self, z):
+        return torch.zeros_like(z)
+
+
+def test_dead_model_fills_holes_no_better_than_black(analysed):
+    """A model that outputs black everywhere gets exactly the black-fill hidden PSNR, however high that is."""
+    root, runs, analyses, figures = analysed
+    dead = nn.Module()
+    dead.encoder, dead.decoder = nn.Identity(), BlackImages()
+    measured = analyze.measure_masking(dataclasses.replace(runs["ae"], model=dead))
+    for setting in measured["settings"]:
+        assert setting["hidden_psnr"] == pytest.approx(setting["black_fill_hidden_psnr"])
+    assert {(s["mask_type"], s["mask_ratio"]) for s in measured["settings"]} >= {("pixel", 0.5), ("block", 0.1)}
+
+
+def test_worked_example_is_psnr_and_ssim_of_the_first_image(analysed):
+    root, runs, analyses, figures = analysed
+    for name in ("ae", "dae-cifar"):
+        run, example = runs[name], analyses[name]["worked_example"]
+        torch.manual_seed(0)
+        x = analyze.test_images(run, 1)
+        recon = run.model(x)[1]["recon"]
+        assert example["mse"] == pytest.approx((recon - x).pow(2).mean().item(), rel=1e-5)
+        assert example["psnr"] == pytest.approx(10 * math.log10(1 / example["mse"]))
+        assert example["ssim"] == pytest.approx(metrics.ssim(recon, x).item(), rel=1e-5)
+        assert 0 < example["brightness"] <= 1
+
+
+def test_attention_on_the_whole_image_is_the_models_own_map():
+    torch.manual_seed(0)
+    model = MAE(MAEConfig(embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=1)).eval()
+    x = torch.rand(3, 1, 28, 28)
+    maps, mask = analyze.cls_attention(model, x)
+    own = model.attention_maps(x).repeat_interleave(4, 2).repeat_interleave(4, 3)  # (3, heads, 28, 28)
+    assert not mask.any() and torch.allclose(maps, own / own.amax(dim=(2, 3), keepdim=True), atol=1e-5)
+    maps, mask = analyze.cls_attention(model, x, mask_ratio=0.75)
+    assert mask.mean().item() == pytest.approx(0.75, abs=0.05)
+    assert (maps * mask).abs().max() == 0  # hidden patches: the encoder never saw them, no attention
