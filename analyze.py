@@ -595,21 +595,22 @@ def plot_psnr_vs_noise(runs, analyses, path):
 
 
 def plot_mask_ratios(runs, analyses, path):
-    """MCAE runs trained at different mask ratios, tested at the assignment's ratios, beside leaving the
-    holes black: a panel per dataset and kind of mask (C10)."""
-    groups = {}
-    for a in analyses:
-        if a["kind"] == "mcae" and a["config"]["mask_ratio"] > 0:
-            groups.setdefault((a["dataset"], a["config"]["mask_type"]), []).append(a)
+    """MCAE runs trained at different mask ratios (the plain AE: at 0), tested at the assignment's ratios,
+    beside leaving the holes black: a panel per dataset and kind of mask (C10)."""
+    groups = {(a["dataset"], a["config"]["mask_type"]): [] for a in analyses
+              if a["kind"] == "mcae" and a["config"]["mask_ratio"] > 0}
+    for (dataset, mask_type), members in groups.items():
+        members += [(a, [s for s in a["masking"]["settings"] if s["mask_type"] == mask_type]) for a in analyses
+                    if a["dataset"] == dataset and a["kind"] in ("ae", "mcae")]
     if not groups:
         return None
     fig, axes = panels(len(groups), 6.5)
     for ax, ((dataset, mask_type), members) in zip(axes, groups.items()):
-        for a in sorted(members, key=lambda a: a["config"]["mask_ratio"]):
-            ratios, psnr, black = zip(*[(s["mask_ratio"], s["hidden_psnr"], s["black_fill_hidden_psnr"])
-                                        for s in a["masking"]["settings"]])
-            ax.plot(ratios, psnr, marker="o", label=f"{a['name']} (trained at {a['config']['mask_ratio']})")
-        ax.plot(ratios, black, color="gray", linestyle="--", label="holes left black")
+        for a, tested in sorted((m for m in members if m[1]), key=lambda m: m[0]["config"].get("mask_ratio", 0)):
+            ax.plot([s["mask_ratio"] for s in tested], [s["hidden_psnr"] for s in tested], marker="o",
+                    label=f"{a['name']} (trained at {a['config'].get('mask_ratio', 0):g})")
+        ax.plot([s["mask_ratio"] for s in tested], [s["black_fill_hidden_psnr"] for s in tested], color="gray",
+                linestyle="--", label="holes left black")
         ax.set(title=f"{dataset}, {mask_type} masks", xlabel="test mask ratio", ylabel="PSNR on hidden pixels (dB)")
         finish_axes(ax)
     fig.suptitle(f"MCAE runs trained at different mask ratios, first {a['masking']['n_images']} test images")
@@ -708,58 +709,66 @@ def summary(analyses):
     return " ".join(sentences)
 
 
-def settings(a):
-    """The settings that tell runs apart (the MLP report's architecture, latent size, L1, noise)."""
-    config = a["config"]
-    arch = (f"ViT patch {config['patch_size']}, depth {config['depth']}" if a["kind"] == "mae" else
-            f"{config['arch']} " + "-".join(map(str, config["hidden" if config["arch"] == "mlp" else "channels"])))
-    corruption = f"{config.get('mask_type', 'patch')} mask {config['mask_ratio']}" if is_masked(a["kind"], config) else "none"
-    if a["kind"] == "dae":
-        corruption = f"noise std {config['noise_std']:.3g} (variance {config['noise_std'] ** 2:.2g})"
-    return [arch, a["tsne"]["latent_size"], f"{config.get('l1', 0):g}", corruption]
+def runs_section(analyses):
+    """The runs and the settings that tell them apart (the MLP report's architecture, latent size, L1, noise)."""
+    rows = []
+    for a in analyses:
+        config, results = a["config"], a["results"]
+        arch = (f"ViT patch {config['patch_size']}, depth {config['depth']}" if a["kind"] == "mae" else
+                f"{config['arch']} " + "-".join(map(str, config["hidden" if config["arch"] == "mlp" else "channels"])))
+        corruption = (f"noise std {config['noise_std']:.3g} (variance {config['noise_std'] ** 2:.2g})" if a["kind"] == "dae"
+                      else f"{config.get('mask_type', 'patch')} mask {config['mask_ratio']}"
+                      if is_masked(a["kind"], config) else "none")
+        rows.append([a["name"], a["kind"], a["dataset"], arch, a["tsne"]["latent_size"], f"{config.get('l1', 0):g}",
+                     corruption, fmt(results.get("train_size"), None), a["epochs"] or "–",
+                     fmt(results.get("parameters"), None)])
+    return ["## Runs", "", table(["run", "model", "dataset", "architecture", "latent size", "L1", "input corruption",
+                                  "training images", "epochs", "parameters"], rows)]
 
 
-def tables(analyses):
-    """Every table of report.md but the clusters': runs, accuracy, reconstruction, noise, masks."""
-    named = [(a["name"], a["results"]) for a in analyses]
-    lines = ["## Runs", "", table(["run", "model", "dataset", "architecture", "latent size", "L1", "input corruption",
-                                   "training images", "epochs", "parameters"],
-                                  [[a["name"], a["kind"], a["dataset"], *settings(a), fmt(a["results"].get("train_size"), None),
-                                    a["epochs"] or "–", fmt(a["results"].get("parameters"), None)] for a in analyses])]
+def accuracy_section(analyses):
+    """A column per protocol that ran in any of the runs (DvM's accuracy table)."""
     protocols = [(key, label) for key, label in [("linear_acc", "linear probe"), ("knn_acc", "k-NN"),
-                                                 ("finetune_acc", "fine-tune")] if any(key in r for _, r in named)]
-    if protocols:  # a column per protocol that ran in any of the runs (DvM's accuracy table)
-        lines += ["## Classification accuracy (test set)", "", table(
-            ["run"] + [label for _, label in protocols], [[n] + [fmt(r.get(key)) for key, _ in protocols] for n, r in named])]
-    lines += ["## Reconstruction (test set)", "", "PSNR of input: the noisy or masked image the encoder saw against "
-              "the original (clean: the image itself). Hidden PSNR: masked models, over the hidden pixels only. "
-              "Mean abs. error: mean |reconstruction - original| per pixel.", "", table(
-                  ["run", "PSNR (dB)", "SSIM", "MSE", "mean abs. error", "PSNR of input (dB)", "hidden PSNR (dB)"],
-                  [[n, fmt(r.get("psnr"), 2), fmt(r.get("ssim")), fmt(r.get("mse"), 5), fmt(r.get("mae"), 5),
-                    # 99.9: metrics.psnr's 100 dB cap for an input equal to the image, not a measurement
-                    "clean" if r.get("psnr_input", 0) >= 99.9 else fmt(r.get("psnr_input"), 2),
-                    fmt(r.get("psnr_hidden"), 2)] for n, r in named])]
+                                                 ("finetune_acc", "fine-tune")] if any(key in a["results"] for a in analyses)]
+    return ["## Classification accuracy (test set)", "", table(["run"] + [label for _, label in protocols], [
+        [a["name"]] + [fmt(a["results"].get(key)) for key, _ in protocols] for a in analyses])] if protocols else []
+
+
+def reconstruction_section(analyses):
+    rows = [[a["name"], fmt(r.get("psnr"), 2), fmt(r.get("ssim")), fmt(r.get("mse"), 5), fmt(r.get("mae"), 5),
+             # 99.9: metrics.psnr's 100 dB cap for an input equal to the image, not a measurement
+             "clean" if r.get("psnr_input", 0) >= 99.9 else fmt(r.get("psnr_input"), 2), fmt(r.get("psnr_hidden"), 2)]
+            for a in analyses for r in [a["results"]]]
+    return ["## Reconstruction (test set)", "", "PSNR of input: the noisy or masked image the encoder saw against the "
+            "original (clean: the image itself). Hidden PSNR: masked models, over the hidden pixels only. Mean abs. "
+            "error: mean |reconstruction - original| per pixel.", "",
+            table(["run", "PSNR (dB)", "SSIM", "MSE", "mean abs. error", "PSNR of input (dB)", "hidden PSNR (dB)"], rows)]
+
+
+def noise_section(analyses):
     noisy = [a for a in analyses if "noise" in a]
-    if noisy:
-        lines += ["## PSNR (dB) against input noise", "", f"The first {noisy[0]['noise']['n_images']} test images, "
-                  "Gaussian noise clipped to [0, 1].", "", table(["run"] + [f"variance {v}" for v in NOISE_VARIANCES],
-                  [[a["name"]] + [fmt(v, 2) for v in a["noise"]["psnr"]] for a in noisy])]
-    # what training with masks buys (C10): every setting of every run, the same setting's rows together
-    masked = sorted((s["mask_type"], s["block_size"], s["mask_ratio"], a["dataset"], a["name"], s, a["masking"]["n_images"])
-                    for a in analyses if "masking" in a for s in a["masking"]["settings"])
-    if masked:
-        lines += ["## Filling in hidden pixels", "", f"The first {masked[0][6]} test images, masked the same way for "
-                  "every model: MCAE and MAE runs beside the plain AEs (AE runs, MCAE runs at mask ratio 0). Black fill: "
-                  "the hidden PSNR of leaving the holes black, what a model that learned nothing scores (high where "
-                  "the holes fall on background).", "", table(
-                      ["run", "dataset", "mask", "PSNR (dB)", "hidden PSNR (dB)", "black fill hidden PSNR (dB)"],
-                      [[name, dataset, f"{kind} {ratio}" + (f" ({block}x{block})" if kind == "block" else ""),
-                        fmt(s["psnr"], 2), fmt(s["hidden_psnr"], 2), fmt(s["black_fill_hidden_psnr"], 2)]
-                       for kind, block, ratio, dataset, name, s, _ in masked])]
-    return lines
+    return ["## PSNR (dB) against input noise", "", f"The first {noisy[0]['noise']['n_images']} test images, Gaussian "
+            "noise clipped to [0, 1].", "", table(["run"] + [f"variance {v}" for v in NOISE_VARIANCES], [
+                [a["name"]] + [fmt(v, 2) for v in a["noise"]["psnr"]] for a in noisy])] if noisy else []
 
 
-def cluster_tables(analyses):
+def filling_section(analyses):
+    """What training with masks buys (C10): every mask setting of every run, a setting's rows together, so
+    an MCAE sits beside the plain AEs given the very same masked images."""
+    rows = sorted(((a["dataset"], s["mask_type"], s["block_size"], s["mask_ratio"], a["name"]), s)
+                  for a in analyses if "masking" in a for s in a["masking"]["settings"])
+    n = next((a["masking"]["n_images"] for a in analyses if "masking" in a), 0)
+    return ["## Filling in hidden pixels", "", f"The first {n} test images, masked the same way for every model: "
+            "MCAE and MAE runs beside the plain AEs (AE runs, MCAE runs at mask ratio 0). Black fill: the hidden PSNR "
+            "of leaving the holes black, what a model that learned nothing scores (high where the holes fall on "
+            "background).", "", table(["run", "dataset", "mask", "PSNR (dB)", "hidden PSNR (dB)",
+                                       "black fill hidden PSNR (dB)"], [
+                [name, dataset, f"{kind} {ratio}" + (f" ({block}x{block})" if kind == "block" else ""),
+                 fmt(s["psnr"], 2), fmt(s["hidden_psnr"], 2), fmt(s["black_fill_hidden_psnr"], 2)]
+                for (dataset, kind, block, ratio, name), s in rows])] if rows else []
+
+
+def cluster_section(analyses):
     """DvM's cluster radius per class, in the t-SNE embedding and in the latent space; a table per dataset."""
     lines = ["## Clusters", "",
              "Radius of a class: the mean distance of its points to their centre (as the DAE-vs-MAE study), over the "
@@ -786,14 +795,15 @@ def write_report(analyses, out_dir, figures=None):
     worked = [[a["name"]] + [fmt(a["worked_example"][key], digits) for key, digits in
                              [("mse", 5), ("psnr", 2), ("brightness", 4), ("contrast_structure", 4), ("ssim", 4)]]
               for a in analyses]
-    lines = (["# nanoAE report", "", summary(analyses), ""] + tables(analyses) + cluster_tables(analyses) + [
+    sections = [runs_section, accuracy_section, reconstruction_section, noise_section, filling_section, cluster_section]
+    lines = ["# nanoAE report", "", summary(analyses), ""] + sum((section(analyses) for section in sections), []) + [
         "## PSNR and SSIM worked through: the first test image", "",
         "PSNR = 10 log10(1 / MSE) for pixels in [0, 1]. SSIM compares 11x11 Gaussian windows (sigma 1.5) of the "
         "reconstruction x and the original y: per window a brightness factor (2 mu_x mu_y + C1) / (mu_x^2 + "
         "mu_y^2 + C1) times a contrast-structure factor (2 cov_xy + C2) / (var_x + var_y + C2), C1 = 0.01^2, "
         "C2 = 0.03^2, averaged over the windows. The columns give each factor's mean; SSIM is the mean of their "
         "product, near but not equal to the product of the means.", "",
-        table(["run", "MSE", "PSNR = 10 log10(1/MSE) (dB)", "brightness", "contrast-structure", "SSIM"], worked)])
+        table(["run", "MSE", "PSNR = 10 log10(1/MSE) (dB)", "brightness", "contrast-structure", "SSIM"], worked)]
     if figures:  # relative to report.md: also the list of what was drawn
         lines += ["## Figures", ""] + [f"- {label}: " + ", ".join(
             f"[{name}]({os.path.relpath(path, out_dir)})" for name, path in by_name.items())
