@@ -128,7 +128,7 @@ def parse_args(argv=None):
     g.add_argument("--train-size", type=count, default=0, help="use the first N training images; 0 = all (default: 0)")
     g.add_argument("--image-size", type=positive_int, default=None, help="folder: images are resized to this "
                    "square (default: 32)")
-    g.add_argument("--channels", type=image_channels, default=None, dest="image_channels",
+    g.add_argument("--channels", type=image_channels, default=None, dest="image_channels", metavar="{1,3}",
                    help="folder: 1 = grey, 3 = RGB (default: 3)")
     g.add_argument("--resume", action="store_true", help="continue from <out-dir>/ckpt.pt")
     g.add_argument("--overwrite", action="store_true",
@@ -164,7 +164,7 @@ def parse_args(argv=None):
     g.add_argument("--latent-dim", type=positive_int, default=None,
                    help=f"latent vector size of mlp and of the vae (default: {AEConfig.latent_dim}, "
                    f"vae {VAEConfig.latent_dim})")
-    g.add_argument("--conv-channels", type=int_tuple, default=None, dest="channels",
+    g.add_argument("--conv-channels", type=int_tuple, default=None, dest="channels", metavar="C1,C2,..",
                    help=f"conv: channels of each stride-2 conv (default: {','.join(map(str, AEConfig.channels))})")
     g.add_argument("--latent-channels", type=positive_int, default=None,
                    help=f"conv: channels of the latent map, e.g. 8 -> 8x3x3 on 28x28 "
