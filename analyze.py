@@ -512,8 +512,8 @@ def plot_error_heatmaps(run, analysis, n=6):
         labels += [f"ratio {ratio}: input\n(hidden: blue)", "reconstruction", f"squared error\nhidden PSNR "
                    f"{score['hidden_psnr']:.1f} dB\n(black fill {score['black_fill_hidden_psnr']:.1f} dB)"]
     return grid_figure(rows, figure_path(run, "error_heatmaps"), labels,
-                       f"{run.name}: per-pixel squared error at mask ratios {', '.join(map(str, MASK_RATIOS))}\n"
-                       f"(PSNRs over the first {analysis['masking']['n_images']} test images)",
+                       title=f"{run.name}: per-pixel squared error at mask ratios {', '.join(map(str, MASK_RATIOS))}\n"
+                             f"(PSNRs over the first {analysis['masking']['n_images']} test images)",
                        heat_max=heat_max, heat_label="squared error")
 
 

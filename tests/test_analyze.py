@@ -297,6 +297,15 @@ def fake_analysis(name, kind, dataset, psnr, psnr_hidden=None, noise_std=None, m
             "worked_example": {"mse": 1.0, "psnr": 0.0, "brightness": 1.0, "contrast_structure": 0.5, "ssim": 0.5}}
 
 
+def test_tsne_counts_the_images_it_has(analysed):
+    """The tiny test sets hold fewer than --tsne-per-class (5) images of some classes: the counts say so."""
+    root, runs, analyses, figures = analysed
+    for name in ("ae", "dae-cifar"):
+        labels, tsne = runs[name].data.test_y.cpu(), analyses[name]["tsne"]
+        assert tsne["per_class"] == torch.bincount(labels, minlength=10).clamp(max=5).tolist()
+        assert len(tsne["labels"]) == len(tsne["clean"]["embedding"]) == sum(tsne["per_class"])
+
+
 def test_best_reconstruction_compares_like_with_like():
     """The MAE's whole-image PSNR counts the patches it copied, so masked models are ranked by hidden PSNR,
     apart from the others, and each dataset apart."""
