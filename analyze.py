@@ -251,13 +251,16 @@ def plain(value):
 
 
 def measure(run, tsne_per_class, tsne_iters):
-    """Every number the figures and report.md show of one run, computed once: a plain (json) dict."""
+    """Every number the figures and report.md show of one run, computed once: a plain (json) dict with the
+    run's name, kind, dataset, classes, config, epochs and results.json, and what is measured here: tsne
+    (embeddings, cluster statistics), worked_example, noise (AE, DAE), masking (AE, MCAE, MAE)."""
     analysis = {"name": run.name, "kind": run.kind, "dataset": run.args["dataset"], "classes": run.data.classes,
                 "config": run.config, "epochs": run.log[-1]["epoch"] if run.log else None, "results": run.results,
                 "tsne": measure_tsne(run, tsne_per_class, tsne_iters), "worked_example": measure_worked_example(run)}
     if run.kind in ("ae", "dae"):
-        recon, noisy = psnr_against_noise(run.model, test_images(run), NOISE_VARIANCES)
-        analysis["noise"] = {"n_images": len(test_images(run)), "psnr": recon, "input_psnr": noisy}
+        x = test_images(run)
+        recon, noisy = psnr_against_noise(run.model, x, NOISE_VARIANCES)
+        analysis["noise"] = {"n_images": len(x), "psnr": recon, "input_psnr": noisy}
     if run.kind in ("ae", "mcae", "mae"):
         analysis["masking"] = measure_masking(run)
     return plain(analysis)
@@ -546,10 +549,10 @@ def plot_psnr_per_epoch(runs, analyses, path):
     """A panel per dataset, masked models apart: their whole-image PSNR counts the pixels they were shown."""
     groups = {}
     for i, (run, a) in enumerate((run, a) for run, a in zip(runs, analyses) if run.log):
-        masked = is_masked(a["kind"], a["config"])
-        groups.setdefault(f"{a['dataset']}: test PSNR (dB), whole image" + (
-            "\nmasked models (MAE: the visible patches copied)" if masked else ""), []).append(
-            (run, f"C{i % 10}", [("psnr", "-")]))
+        ylabel = f"{a['dataset']}: test PSNR (dB), whole image"
+        if is_masked(a["kind"], a["config"]):
+            ylabel += "\nmasked models (MAE: the visible patches copied)"
+        groups.setdefault(ylabel, []).append((run, f"C{i % 10}", [("psnr", "-")]))
     return draw_per_epoch(groups, "test PSNR per epoch", path) if groups else None
 
 
@@ -729,7 +732,8 @@ def runs_section(analyses):
 def accuracy_section(analyses):
     """A column per protocol that ran in any of the runs (DvM's accuracy table)."""
     protocols = [(key, label) for key, label in [("linear_acc", "linear probe"), ("knn_acc", "k-NN"),
-                                                 ("finetune_acc", "fine-tune")] if any(key in a["results"] for a in analyses)]
+                                                 ("finetune_acc", "fine-tune")]
+                 if any(key in a["results"] for a in analyses)]
     return ["## Classification accuracy (test set)", "", table(["run"] + [label for _, label in protocols], [
         [a["name"]] + [fmt(a["results"].get(key)) for key, _ in protocols] for a in analyses])] if protocols else []
 
