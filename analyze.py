@@ -105,10 +105,11 @@ def load_runs(run_dirs, device, data_dir=None):
             name = os.path.join(os.path.basename(os.path.dirname(os.path.abspath(run_dir))), name)
         model, args, ckpt = train.load_run(run_dir, device)
         dataset, directory = args["dataset"], data_dir or args["data_dir"]
-        # the jittered CIFAR-10 test set is drawn from the run's seed, so it is part of the key
-        key = (dataset, directory, args["seed"] if dataset == "cifar10-jitter" else 0)
+        channels, size = ckpt["config"]["in_channels"], ckpt["config"]["image_size"]
+        # the jittered CIFAR-10 test set and a folder's test split are drawn from the run's seed
+        key = (dataset, directory, args["seed"] if dataset in ("cifar10-jitter", "folder") else 0, channels, size)
         if key not in datasets:
-            datasets[key] = load_data(dataset, directory, device, seed=args["seed"])
+            datasets[key] = load_data(dataset, directory, device, seed=args["seed"], image_size=size, channels=channels)
         results_path = os.path.join(run_dir, "results.json")
         results = json.load(open(results_path)) if os.path.exists(results_path) else {}
         log = train.read_log(os.path.join(run_dir, "log.jsonl"), ckpt["epoch"])
@@ -474,9 +475,10 @@ def plot_interpolation(run, analysis, steps=10):
 
 @torch.no_grad()
 def plot_arithmetic(run, analysis):
-    names, labels = ARITHMETIC[run.args["dataset"]], run.data.test_y.cpu()
+    # your own folder: the first three classes, a - b + c
+    names, labels = ARITHMETIC.get(run.args["dataset"], tuple(run.data.classes[:3])), run.data.test_y.cpu()
     ids = [run.data.classes.index(name) for name in names]
-    if not hasattr(run.model, "decode") or not all((labels == c).any() for c in ids):
+    if not hasattr(run.model, "decode") or len(ids) < 3 or not all((labels == c).any() for c in ids):
         return None
     # class means of the latents of (at most) the first 1000 test images of each class
     means = [in_batches(run.model.encode, test_images(run, torch.nonzero(labels == c).flatten()[:1000])).mean(0)
