@@ -365,3 +365,18 @@ def test_attention_on_the_whole_image_is_the_models_own_map():
     maps, mask = analyze.cls_attention(model, x, mask_ratio=0.75)
     assert mask.mean().item() == pytest.approx(0.75, abs=0.05)
     assert (maps * mask).abs().max() == 0  # hidden patches: the encoder never saw them, no attention
+
+
+def test_a_run_on_your_own_image_folder_is_analysed(tmp_path):
+    """--dataset folder: analyze.py reloads the folder at the run's size and channels, with its seeded split
+    and the folder names as classes."""
+    from conftest import make_image_folder
+    root = make_image_folder(tmp_path / "shapes", n_per_class=12)
+    run_dir = tmp_path / "runs" / "ae-folder"
+    train.main(["--model", "ae", "--dataset", "folder", "--data-dir", root, "--image-size", "16", "--channels", "1",
+                "--epochs", "1", "--eval", "", "--device", "cpu", *CONV, "--out-dir", str(run_dir)])
+    runs, analyses, _ = analyze.main([str(run_dir)])
+    data = runs[0].data
+    assert data.classes == ["bars", "discs"] and data.test_x.shape[1:] == (1, 16, 16) and len(data.test_x) == 2
+    for name in ("reconstructions", "tsne", "saliency"):
+        assert matplotlib.image.imread(run_dir / "figures" / f"{name}.png").shape[0] > 100
