@@ -53,7 +53,7 @@ import metrics
 import train
 from data import Data, RunError, load_data, to_float
 from mae import MAE, random_masking
-from mcae import hidden_psnr, random_mask
+from mcae import random_mask
 
 plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "figure.titlesize": 11, "legend.fontsize": 8,
                      "axes.formatter.useoffset": False})  # flat curves: 9.5589, not "1e-5 + 9.5589"
@@ -187,8 +187,8 @@ def measure_masking(run):
         _, recon, mask = masked_reconstruction(run.model, x, ratio, mask_type, block)
         rows.append({"mask_type": mask_type, "mask_ratio": ratio, "block_size": block,
                      "psnr": metrics.psnr(recon, x).mean().item(),
-                     "hidden_psnr": torch.nanmean(hidden_psnr(recon, x, mask)).item(),
-                     "black_fill_hidden_psnr": torch.nanmean(hidden_psnr(torch.zeros_like(x), x, mask)).item()})
+                     "hidden_psnr": torch.nanmean(metrics.hidden_psnr(recon, x, mask)).item(),
+                     "black_fill_hidden_psnr": torch.nanmean(metrics.hidden_psnr(torch.zeros_like(x), x, mask)).item()})
     return {"n_images": len(x), "settings": rows}
 
 
@@ -354,7 +354,7 @@ def plot_reconstructions(run, analysis):
     rows, labels, score = [list(x)], ["original"], f"PSNR {metrics.psnr(out['recon'], x).mean():.1f} dB"
     if "mask" in out and out["mask"].any():  # a ratio-0 MCAE hides nothing: no row for it
         rows, labels = rows + [list(mark_hidden(out["input"], out["mask"]))], labels + ["masked input\n(hidden: blue)"]
-        score = f"PSNR on hidden pixels {torch.nanmean(hidden_psnr(out['recon'], x, out['mask'])):.1f} dB"
+        score = f"PSNR on hidden pixels {torch.nanmean(metrics.hidden_psnr(out['recon'], x, out['mask'])):.1f} dB"
     elif "mask" not in out and not torch.equal(out["input"], x):  # AE and VAE see the image itself: no row
         rows, labels = rows + [list(out["input"])], labels + ["noisy input"]
     return grid_figure(rows + [list(out["recon"])], figure_path(run, "reconstructions"), labels + ["reconstruction"],

@@ -75,18 +75,6 @@ def random_mask(batch_size, height, width, block_size, mask_ratio, device=None):
     return mask[:, :, :height, :width]  # (B, 1, H, W): crop the border cells
 
 
-def hidden_psnr(recon, x, mask, eps=1e-10):
-    """PSNR in dB (data range 1) over the hidden pixels alone, per image: -> (B,).
-
-    Every channel of a hidden pixel counts. An image with nothing hidden gets nan (there is nothing to
-    score), so average with torch.nanmean. eps keeps a perfect fill finite (100 dB), as metrics.psnr.
-    """
-    squared_error = ((recon - x).pow(2) * mask).flatten(1).sum(1)  # (B,)
-    n_values = mask.flatten(1).sum(1) * x.shape[1]  # (B,) hidden pixels x channels
-    mse = squared_error / n_values  # 0 / 0 = nan where nothing is hidden
-    return 10 * torch.log10(1.0 / (mse + eps))
-
-
 # -----------------------------------------------------------------------------
 # the masked autoencoder
 

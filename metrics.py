@@ -1,11 +1,9 @@
 """
 Metrics in plain torch: reconstruction quality per image, and the quality of learned features.
 
-Images are floats in [0, 1] with shape (B, C, H, W), so PSNR and SSIM use a data range of 1. Every image
-metric returns one number per image, shape (B,), so callers can average, plot or pick out the worst images.
-
-Features are (N, D) tensors from a model's `encode`. For them: k-NN accuracy, t-SNE (van der Maaten &
-Hinton 2008) and cluster statistics (class radius, silhouette).
+Images are floats in [0, 1], (B, C, H, W), so PSNR and SSIM use a data range of 1; every image metric
+returns one number per image, (B,). Features are (N, D) from a model's `encode`: k-NN accuracy, t-SNE
+(van der Maaten & Hinton 2008) and cluster statistics (class radius, silhouette).
 
 SSIM and t-SNE come twice, as a model file keeps the written-out attention next to the fused one:
 `ssim` and `tsne` are the textbook versions, to read and copy (a Gaussian filter and Wang et al.'s
@@ -36,6 +34,13 @@ def psnr(recon, target, data_range=1.0, eps=1e-10):
     eps keeps a perfect reconstruction finite (100 dB) instead of inf.
     """
     return 10 * torch.log10(data_range ** 2 / (mse(recon, target) + eps))
+
+
+def hidden_psnr(recon, target, mask, eps=1e-10):
+    """PSNR in dB over the hidden pixels alone (mask (B, 1, H, W), 1 = hidden), every channel: -> (B,).
+    The score of a masked model's fill-in; nan for an image with nothing hidden (use torch.nanmean)."""
+    squared_error = ((recon - target).pow(2) * mask).flatten(1).sum(1)  # (B,)
+    return 10 * torch.log10(1.0 / (squared_error / (mask.flatten(1).sum(1) * target.shape[1]) + eps))
 
 
 # -----------------------------------------------------------------------------
@@ -88,11 +93,9 @@ def ssim_formula(mu_x, mu_y, e_xx, e_yy, e_xy, data_range=1.0):
     C1, C2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     # population (co)variances, E[x^2] - E[x]^2: scikit-image's use_sample_covariance=False
     var_x, var_y, cov_xy = e_xx - mu_x * mu_x, e_yy - mu_y * mu_y, e_xy - mu_x * mu_y
-    luminance_num = 2 * mu_x * mu_y + C1
-    luminance_den = mu_x ** 2 + mu_y ** 2 + C1
-    structure_num = 2 * cov_xy + C2
-    structure_den = var_x + var_y + C2
-    return (luminance_num * structure_num) / (luminance_den * structure_den)
+    luminance = (2 * mu_x * mu_y + C1) / (mu_x ** 2 + mu_y ** 2 + C1)
+    contrast_structure = (2 * cov_xy + C2) / (var_x + var_y + C2)
+    return luminance * contrast_structure
 
 
 def ssim(recon, target, data_range=1.0):
@@ -274,11 +277,9 @@ def tsne_descent(gradient, Y, n_iter):
     learning_rate = max(len(Y) / exaggeration / 4, 50.0)
     for it in range(n_iter):
         if it in (0, exaggeration_iters):  # scikit-learn restarts its optimiser for the second phase
-            update = torch.zeros_like(Y)
-            gains = torch.ones_like(Y)
+            update, gains = torch.zeros_like(Y), torch.ones_like(Y)
         early = it < exaggeration_iters
-        grad = gradient(Y, exaggeration if early else 1.0)
-        momentum = 0.5 if early else 0.8
+        grad, momentum = gradient(Y, exaggeration if early else 1.0), (0.5 if early else 0.8)
         # a step that still points the way the last one went (update and gradient of opposite sign)
         # earns a larger gain; a sign flip means we overshot
         gains = torch.where(update * grad < 0, gains + 0.2, gains * 0.8).clamp_(min=0.01)

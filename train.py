@@ -35,7 +35,7 @@ from ae import AE, AEConfig
 from dae import DAE, DAEConfig
 from data import DATASETS, DIGITS, RunError, batches, color_jitter, load_data, random_shift_flip, to_float
 from mae import MAE, MAEConfig
-from mcae import MCAE, MCAEConfig, hidden_psnr
+from mcae import MCAE, MCAEConfig
 from vae import VAE, VAEConfig
 
 # how each model is trained: AdamW's betas and weight decay, and epochs of linear lr warm-up
@@ -489,7 +489,7 @@ def evaluate(model, data, args):
                 **{k: v.float().expand(len(x)) for k, v in out.items() if v.ndim == 0},
             }
             if "mask" in out and out["mask"].any():  # masked models: how well the hidden pixels were filled
-                psnr_hidden = hidden_psnr(recon, x, out["mask"])  # NaN: an image with nothing hidden
+                psnr_hidden = metrics.hidden_psnr(recon, x, out["mask"])  # NaN: an image with nothing hidden
                 per_image["psnr_hidden"] = psnr_hidden.nan_to_num(psnr_hidden.nanmean().item())
             for key, value in per_image.items():
                 sums[key] = sums.get(key, 0.0) + value.sum().item()

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 from ae import AE, AEConfig
 from conftest import fashion_mnist_images, needs_fashion_mnist
-from mcae import MCAE, MCAEConfig, hidden_psnr, random_mask
+from mcae import MCAE, MCAEConfig, random_mask
+from metrics import hidden_psnr
 
 
 
