@@ -159,6 +159,9 @@ def test_positions_are_fixed_buffers():
 def test_loss_ignores_visible_patches(norm_pix_loss):
     torch.manual_seed(0)
     model = MAE(tiny_config(norm_pix_loss=norm_pix_loss))
+    # the prediction layer starts at zero; predicting 0 for a normalised patch scores the same
+    # whatever the patch holds, so give it weights that predict something
+    torch.nn.init.normal_(model.decoder_pred.weight, std=0.1)
     x = torch.rand(4, 1, 28, 28)
     torch.manual_seed(1)
     loss, out = model(x)
@@ -184,9 +187,10 @@ def test_loss_ignores_visible_patches(norm_pix_loss):
 
 
 def test_every_token_keeps_its_patch():
-    # with no blocks, each token's output depends on that token alone, so we can follow every patch
+    # with no blocks and no decoder conv, each token's output depends on that token alone, so we can
+    # follow every patch
     torch.manual_seed(0)
-    model = MAE(tiny_config(depth=0, decoder_depth=0))
+    model = MAE(tiny_config(depth=0, decoder_depth=0, decoder_conv=0))
     x = torch.rand(3, 1, 28, 28)
     latent, mask, ids_restore = model.forward_encoder(x, 0.75)
     pred = model.forward_decoder(latent, ids_restore)  # (B, L, 16)
@@ -204,6 +208,35 @@ def test_every_token_keeps_its_patch():
                 h = model.mask_token[0, 0]
             expected = model.decoder_pred(model.decoder_norm(h + pos[1 + i]))
             assert torch.allclose(pred[b, i], expected, atol=1e-5), (b, i)
+
+
+@pytest.mark.parametrize("C,S", [(1, 28), (3, 32)])
+def test_hidden_pixels_reach_no_prediction(C, S):
+    # the decoder conv mixes neighbouring tokens, but they hold only encoded visible patches and mask
+    # tokens: changing the hidden pixels changes no prediction, changing a visible one changes its neighbours'
+    torch.manual_seed(0)
+    model = MAE(tiny_config(in_channels=C, image_size=S))
+    torch.nn.init.normal_(model.decoder_pred.weight, std=0.1)  # it starts at zero: predictions would all be 0
+    x = torch.rand(2, C, S, S)
+
+    def predict(images):
+        torch.manual_seed(1)                           # the same mask every time
+        latent, mask, ids_restore = model.forward_encoder(images, 0.75)
+        return model.forward_decoder(latent, ids_restore), mask
+
+    pred, mask = predict(x)
+    mask_px = unpatchify(mask.unsqueeze(-1).expand(-1, -1, 16 * C), 4, C)
+    noise = torch.rand_like(x)
+    pred_hidden_changed, _ = predict(torch.where(mask_px.bool(), noise, x))
+    assert torch.allclose(pred_hidden_changed, pred, atol=1e-6)
+    pred_visible_changed, _ = predict(torch.where(mask_px.bool(), x, noise))
+    assert not torch.allclose(pred_visible_changed[mask.bool()], pred[mask.bool()], atol=1e-4)
+
+
+def test_decoder_conv_must_be_odd():
+    with pytest.raises(ValueError, match="odd"):
+        MAE(tiny_config(decoder_conv=2))
+    assert MAE(tiny_config(decoder_conv=0)).decoder_conv is None
 
 
 @pytest.mark.parametrize("C,S,norm_pix_loss", [(1, 28, False), (3, 32, False), (3, 32, True)])
@@ -266,6 +299,7 @@ def test_initialisation():
     assert torch.all(model.blocks[0].attn.qkv.bias == 0)
     assert torch.all(model.norm.weight == 1) and torch.all(model.norm.bias == 0)
     assert 0.015 < model.cls_token.std() < 0.025
+    assert torch.all(model.decoder_pred.weight == 0)  # every patch is first predicted as 0
 
 
 # -----------------------------------------------------------------------------
