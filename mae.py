@@ -15,8 +15,7 @@ Read top to bottom:
 - sincos_pos_embed_2d: fixed 2D sin-cos positions
 - random_masking: "shuffle by random noise, keep the first L * (1 - mask_ratio)", ids_restore to unshuffle
 - Attention, Block: a pre-norm Transformer block (Attention can be copied on its own)
-- MAE: encoder, decoder, loss, and what the rest of nanoAE asks of a model (encode, attention_maps,
-  param_groups_lrd for fine-tuning with layer-wise lr decay)
+- MAE: encoder, decoder, loss, and what the rest of nanoAE asks of a model (encode, attention_maps)
 
 The masking, ids_restore, loss and positions follow the paper's reference code
 (github.com/facebookresearch/mae); unlike it, nothing here depends on timm or numpy, and any channel
@@ -220,7 +219,7 @@ class Block(nn.Module):
 
 class MAE(nn.Module):
 
-    # the parts the encoder is made of: what fine-tuning keeps, and what encoder_parameters() yields
+    # the parts the encoder is made of: what fine-tuning trains (train.layer_decay_groups); the rest is decoder
     encoder_parts = ("patch_embed", "cls_token", "blocks", "norm")
 
     def __init__(self, config):
@@ -359,7 +358,6 @@ class MAE(nn.Module):
         """Pretraining step on x (B, C, H, W) in [0, 1]. Returns (loss, out) with images for viewing:
 
         recon: the prediction in the hidden patches, the input's own pixels in the visible ones
-        pred:  the prediction everywhere, clamped to [0, 1]
         input: what the encoder saw, hidden patches set to 0
         mask:  (B, 1, H, W), 1 = hidden
 
@@ -383,7 +381,7 @@ class MAE(nn.Module):
             mask_px = unpatchify(mask.unsqueeze(-1).expand(-1, -1, p * p * C), p, C)[:, :1]  # (B, 1, H, W)
             recon = x * (1 - mask_px) + pred_img * mask_px
             inp = x * (1 - mask_px)
-        return loss, {"recon": recon, "pred": pred_img, "input": inp, "mask": mask_px}
+        return loss, {"recon": recon, "input": inp, "mask": mask_px}
 
     def encode_tokens(self, x):
         """All patches, nothing masked, through the encoder: (B, C, H, W) -> (B, 1 + L, D), CLS first.
@@ -419,45 +417,3 @@ class MAE(nn.Module):
         cls_to_patches = attn[:, :, 0, 1:].float()     # (B, heads, L): CLS's row, patch columns
         cls_to_patches = cls_to_patches / cls_to_patches.sum(dim=-1, keepdim=True)
         return cls_to_patches.reshape(B, -1, H // p, W // p)  # (B, heads, H/p, W/p)
-
-    # -- fine-tuning --
-
-    def encoder_named_parameters(self):
-        """(name, parameter) for the encoder only: patch embedding, CLS token, blocks, final norm."""
-        for name, param in self.named_parameters():
-            if name.split(".")[0] in self.encoder_parts:
-                yield name, param
-
-    def encoder_parameters(self):
-        """The encoder's parameters: what fine-tuning and linear probes build on (no decoder)."""
-        for _, param in self.encoder_named_parameters():
-            yield param
-
-    def param_groups_lrd(self, lr, weight_decay, layer_decay):
-        """Optimizer parameter groups for the encoder with layer-wise lr decay (BEiT, MAE fine-tuning).
-
-        Layer 0 is the patch embedding and CLS token, layer i + 1 encoder block i, layer depth + 1 the
-        final norm; a layer's lr is lr * layer_decay ** (depth + 1 - layer), so the layers near the
-        input, which pretraining taught most general things, move least. Biases, norms and the CLS
-        token get no weight decay. Each group also carries its 'lr_scale', for lr schedules.
-        """
-        depth = self.config.depth
-        groups = {}
-        for name, param in self.encoder_named_parameters():
-            if not param.requires_grad:
-                continue
-            part = name.split(".")[0]
-            if part in ("patch_embed", "cls_token"):
-                layer = 0
-            elif part == "blocks":
-                layer = int(name.split(".")[1]) + 1
-            else:                                      # the final norm
-                layer = depth + 1
-            no_decay = param.ndim == 1 or part == "cls_token"
-            key = (layer, no_decay)
-            if key not in groups:
-                scale = layer_decay ** (depth + 1 - layer)
-                groups[key] = {"params": [], "lr": lr * scale, "lr_scale": scale,
-                               "weight_decay": 0.0 if no_decay else weight_decay}
-            groups[key]["params"].append(param)
-        return [groups[key] for key in sorted(groups)]

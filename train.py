@@ -194,6 +194,10 @@ def parse_args(argv=None):
     g.add_argument("--decoder-embed-dim", type=positive_int, default=None, help=f"(default: {MAEConfig.decoder_embed_dim})")
     g.add_argument("--decoder-depth", type=positive_int, default=None, help=f"(default: {MAEConfig.decoder_depth})")
     g.add_argument("--decoder-num-heads", type=positive_int, default=None, help=f"(default: {MAEConfig.decoder_num_heads})")
+    g.add_argument("--decoder-conv", type=count, default=None, help="kernel of the decoder's conv over the patch "
+                   f"grid, odd; 0 = the paper's decoder, attention only (default: {MAEConfig.decoder_conv})")
+    g.add_argument("--drop-path", type=bounded(float, 0, 1, high_open=True), default=None,
+                   help=f"fine-tuning: stochastic depth of the last block (default: {MAEConfig.drop_path})")
     g.add_argument("--norm-pix-loss", action="store_true", default=None,
                    help="predict each patch normalised by its own mean and std")
     g.add_argument("--pool", choices=["cls", "mean"], default=None,
