@@ -696,10 +696,13 @@ def main(argv=None):
     if args.resume:
         ckpt = load_checkpoint(ckpt_path, args.model)
         new = dataclasses.asdict(config)
-        if ckpt["config"] != new:
-            changed = ", ".join(f"{k}: {v} -> {new.get(k)}" for k, v in ckpt["config"].items() if new.get(k) != v)
+        changed = ", ".join(f"{k}: {v} -> {new.get(k)}" for k, v in ckpt["config"].items() if new.get(k) != v)
+        shapes = {k: v.shape for k, v in model.state_dict().items()}
+        if shapes != {k: v.shape for k, v in ckpt["model"].items()}:
             raise RunError(f"{ckpt_path} was trained with other model settings ({changed}): "
                            f"repeat the original flags or use another --out-dir")
+        if changed:  # e.g. another --drop-path or --mask-ratio: the same weights, used differently from now on
+            print(f"resuming with changed settings: {changed}")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch = ckpt["epoch"]

@@ -266,3 +266,15 @@ def test_layer_decay_groups_cover_the_mae_encoder_only():
         assert math.isclose(g["lr"], 1e-3 * 0.5 ** (depth + 1 - layer)), layer
         assert g["weight_decay"] == wd
     torch.optim.AdamW(groups)  # the groups are valid as they are
+
+
+def test_resume_takes_settings_that_keep_the_weights(data_dir, tmp_path, capsys):
+    """A fine-tuning setting (drop path) or another mask ratio uses the same weights: --resume takes it,
+    says so, and fine-tunes the checkpoint with it."""
+    flags = ["--model", "mae", "--dataset", "mnist", "--embed-dim", "32", "--depth", "1", "--epochs", "1"]
+    run(data_dir, tmp_path / "m", *flags, "--eval", "")
+    results = run(data_dir, tmp_path / "m", *flags, "--resume", "--drop-path", "0", "--eval", "finetune",
+                  "--finetune-epochs", "1")
+    assert "resuming with changed settings: drop_path: 0.1 -> 0.0" in capsys.readouterr().out
+    assert 0 <= results["finetune_acc"] <= 1
+    assert torch.load(tmp_path / "m" / "finetune.pt", weights_only=True)["config"]["drop_path"] == 0.0
