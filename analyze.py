@@ -207,6 +207,22 @@ def psnr_against_noise(model, x, variances, seed=0):
 
 
 @torch.no_grad()
+def probe_under_noise(run, variances, n_train=5000):
+    """Accuracy of a linear probe trained on the latents of clean training images (the first n_train),
+    tested on the latents of test images with Gaussian noise of each variance, 0 first (C10, AE against
+    DAE: how far noise moves a latent away from its class)."""
+    train_f = in_batches(run.model.encode, to_float(run.data.train_x[:n_train]))
+    x = test_images(run, len(run.data.test_x))
+    accuracy = []
+    for variance in [0.0] + variances:
+        torch.manual_seed(0)  # the same noise, and the same probe, for every run
+        test_f = in_batches(run.model.encode, add_noise(x, math.sqrt(variance)))
+        accuracy.append(train.linear_probe(train_f, run.data.train_y[:n_train], test_f, run.data.test_y,
+                                           len(run.data.classes)))
+    return {"n_train": len(train_f), "variances": [0.0] + variances, "accuracy": accuracy}
+
+
+@torch.no_grad()
 def measure_tsne(run, per_class, n_iter):
     """t-SNE of the latents of the same test images, clean and noisy (C10), with the cluster statistics
     of both (DvM's class radius), in the latent space and in the embedding."""
@@ -218,7 +234,7 @@ def measure_tsne(run, per_class, n_iter):
     for name, images in [("clean", x), ("noisy", add_noise(x, std))]:
         features = in_batches(run.model.encode, images)
         # perplexity must stay below the number of points: only tiny test sets get less than 30
-        embedding = metrics.tsne(features, n_iter=n_iter, perplexity=min(30.0, (len(x) - 1) / 3))
+        embedding = metrics.tsne_fast(features, n_iter=n_iter, perplexity=min(30.0, (len(x) - 1) / 3))
         tsne[name] = {"embedding": embedding, "latent": metrics.cluster_stats(features, labels.to(features.device)),
                       "tsne": metrics.cluster_stats(torch.from_numpy(embedding), labels)}
     return {**tsne, "latent_size": features.shape[1]}
@@ -261,7 +277,8 @@ def measure(run, tsne_per_class, tsne_iters):
     if run.kind in ("ae", "dae"):
         x = test_images(run)
         recon, noisy = psnr_against_noise(run.model, x, NOISE_VARIANCES)
-        analysis["noise"] = {"n_images": len(x), "psnr": recon, "input_psnr": noisy}
+        analysis["noise"] = {"n_images": len(x), "psnr": recon, "input_psnr": noisy,
+                             "probe": probe_under_noise(run, NOISE_VARIANCES)}
     if run.kind in ("ae", "mcae", "mae"):
         analysis["masking"] = measure_masking(run)
     return plain(analysis)
@@ -753,9 +770,16 @@ def reconstruction_section(analyses):
 
 def noise_section(analyses):
     noisy = [a for a in analyses if "noise" in a]
+    if not noisy:
+        return []
+    probe = noisy[0]["noise"]["probe"]
     return ["## PSNR (dB) against input noise", "", f"The first {noisy[0]['noise']['n_images']} test images, Gaussian "
             "noise clipped to [0, 1].", "", table(["run"] + [f"variance {v}" for v in NOISE_VARIANCES], [
-                [a["name"]] + [fmt(v, 2) for v in a["noise"]["psnr"]] for a in noisy])] if noisy else []
+                [a["name"]] + [fmt(v, 2) for v in a["noise"]["psnr"]] for a in noisy]), "",
+            "## Classifying latents of noisy images", "", f"A linear probe trained on the latents of {probe['n_train']} "
+            "clean training images, tested on the latents of every test image with noise added: how far noise moves "
+            "a latent away from its class.", "", table(["run"] + [f"variance {v}" for v in probe["variances"]], [
+                [a["name"]] + [fmt(v, 3) for v in a["noise"]["probe"]["accuracy"]] for a in noisy])]
 
 
 def filling_section(analyses):

@@ -115,8 +115,14 @@ def test_report_has_each_runs_numbers_and_links(analysed):
     root, runs, analyses, figures = analysed
     report = (root / "runs" / "report.md").read_text()
     for heading in ("## Classification accuracy", "## Reconstruction", "## PSNR (dB) against input noise",
-                    "### t-SNE radius, fashion-mnist", "### latent radius / spread, cifar10", "## Figures"):
+                    "## Classifying latents of noisy images", "### t-SNE radius, fashion-mnist",
+                    "### latent radius / spread, cifar10", "## Figures"):
         assert heading in report
+    # the noisy-latent probe: one accuracy per noise level, clean first, for the AE and DAE runs
+    probe = analyses["dae"]["noise"]["probe"]
+    assert probe["variances"][0] == 0 and len(probe["accuracy"]) == len(probe["variances"])
+    assert all(0 <= a <= 1 for a in probe["accuracy"])
+    assert "| dae | " + " | ".join(f"{a:.3f}" for a in probe["accuracy"]) + " |" in report
     for name in RUNS:
         results = json.load(open(root / "runs" / name / "results.json"))
         assert f"| {name} | {results['linear_acc']:.4f} |" in report
