@@ -568,10 +568,12 @@ def plot_psnr_per_epoch(runs, analyses, path):
     """A panel per dataset, masked models apart: their whole-image PSNR counts the pixels they were shown."""
     groups = {}
     for i, (run, a) in enumerate((run, a) for run, a in zip(runs, analyses) if run.log):
-        ylabel = f"{a['dataset']}: test PSNR (dB), whole image"
-        if is_masked(a["kind"], a["config"]):
-            ylabel += "\nmasked models (MAE: the visible patches copied)"
-        groups.setdefault(ylabel, []).append((run, f"C{i % 10}", [("psnr", "-")]))
+        ylabel, key = f"{a['dataset']}: test PSNR (dB), whole image", "psnr"
+        if is_masked(a["kind"], a["config"]):  # hidden pixels alone, where the log has them
+            key = "psnr_hidden" if "psnr_hidden" in run.log[0] else "psnr"
+            ylabel = (f"{a['dataset']}: test PSNR (dB) of masked models, " +
+                      ("hidden pixels" if key == "psnr_hidden" else "whole image\n(MAE: the visible patches copied)"))
+        groups.setdefault(ylabel, []).append((run, f"C{i % 10}", [(key, "-")]))
     return draw_per_epoch(groups, "test PSNR per epoch", path) if groups else None
 
 

@@ -430,11 +430,14 @@ def pretrain(model, data, args, optimizer, start_epoch, log_path, rank=0, world_
         test_stats = evaluate(model, data, args)
         entry = {"epoch": epoch + 1, "train_loss": train_stats.pop("train_loss"), "test_loss": test_stats["test_loss"],
                  "psnr": test_stats["psnr"], "ssim": test_stats["ssim"], "seconds": seconds}
+        if "psnr_hidden" in test_stats:  # masked models: the score of the fill-in alone
+            entry["psnr_hidden"] = test_stats["psnr_hidden"]
         for key, value in train_stats.items():  # the model's own scalars: train and test
             entry[key], entry["test_" + key] = value, test_stats[key]
         extra = "".join(f" | {key} {value:.2f}" for key, value in train_stats.items())
+        hidden = f" (hidden {entry['psnr_hidden']:.2f})" if "psnr_hidden" in entry else ""
         print(f"epoch {epoch + 1}/{args.epochs} | train {entry['train_loss']:.4f} | test {entry['test_loss']:.4f}"
-              f"{extra} | psnr {entry['psnr']:.2f} dB | ssim {entry['ssim']:.3f} | {n / seconds:.0f} img/s "
+              f"{extra} | psnr {entry['psnr']:.2f} dB{hidden} | ssim {entry['ssim']:.3f} | {n / seconds:.0f} img/s "
               f"| {seconds:.1f}s | eta {format_seconds(seconds * (args.epochs - epoch - 1))}", flush=True)
         warning = dead_run_warning(test_stats)
         if warning:
