@@ -272,7 +272,7 @@ def measure(run, tsne_per_class, tsne_iters):
     run's name, kind, dataset, classes, config, epochs and results.json, and what is measured here: tsne
     (embeddings, cluster statistics), worked_example, noise (AE, DAE), masking (AE, MCAE, MAE)."""
     analysis = {"name": run.name, "kind": run.kind, "dataset": run.args["dataset"], "classes": run.data.classes,
-                "config": run.config, "epochs": run.log[-1]["epoch"] if run.log else None, "results": run.results,
+                "config": run.config, "epochs": run.log[-1]["epoch"] if run.log else run.args["epochs"], "results": run.results,
                 "tsne": measure_tsne(run, tsne_per_class, tsne_iters), "worked_example": measure_worked_example(run)}
     if run.kind in ("ae", "dae"):
         x = test_images(run)

@@ -444,9 +444,13 @@ def pretrain(model, data, args, optimizer, start_epoch, log_path, rank=0, world_
             print(warning, flush=True)
         with open(log_path, "a") as f:  # log first: a crash before the checkpoint leaves a line to trim
             f.write(json.dumps(entry) + "\n")
-        save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                     "model_name": args.model, "config": dataclasses.asdict(model.config), "args": vars(args)},
-                    os.path.join(args.out_dir, "ckpt.pt"))
+        save_checkpoint(model, optimizer, epoch + 1, args)
+
+
+def save_checkpoint(model, optimizer, epoch, args):
+    save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                 "model_name": args.model, "config": dataclasses.asdict(model.config), "args": vars(args)},
+                os.path.join(args.out_dir, "ckpt.pt"))
 
 
 def dead_run_warning(stats):
@@ -720,6 +724,8 @@ def main(argv=None):
     print(f"model: {config}\n{n_params / 1e6:.2f}M parameters, {feature_dim}-d features")
     if start_epoch < args.epochs:
         pretrain(model, data, args, optimizer, start_epoch, log_path, rank, world_size)
+    elif args.epochs == 0 and rank == 0:  # the untrained model: analyze.py sets it beside pretrained ones
+        save_checkpoint(model, optimizer, 0, args)
     if world_size > 1:  # evaluation and fine-tuning run in rank 0 alone: the same numbers as one process
         dist.destroy_process_group()
         if rank != 0:
@@ -739,8 +745,7 @@ def main(argv=None):
     warning = dead_run_warning(results)
     if warning:
         print(warning)
-    written = "ckpt.pt, log.jsonl, results.json" if os.path.exists(ckpt_path) else "results.json (nothing pretrained)"
-    print(f"wrote {args.out_dir}/{written}")
+    print(f"wrote {args.out_dir}/ckpt.pt, log.jsonl, results.json" + (", finetune.pt" if "finetune_acc" in results else ""))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+import analyze
 import train
 from data import RunError
 from ae import AE, AEConfig
@@ -240,7 +241,12 @@ def test_epochs_0_fine_tunes_from_scratch(data_dir, tmp_path):
     results = run(data_dir, tmp_path / "scratch", "--model", "mae", "--dataset", "mnist", "--epochs", "0",
                   "--eval", "finetune", "--finetune-epochs", "1", "--embed-dim", "32", "--depth", "1")
     assert 0 <= results["finetune_acc"] <= 1 and results["epochs"] == 0
-    assert not (tmp_path / "scratch" / "ckpt.pt").exists()
+    # the untrained model is kept, so analyze.py can show the baseline beside the pretrained runs
+    ckpt = torch.load(tmp_path / "scratch" / "ckpt.pt", weights_only=True)
+    assert ckpt["epoch"] == 0 and (tmp_path / "scratch" / "finetune.pt").exists()
+    runs, analyses, _ = analyze.main([str(tmp_path / "scratch")])
+    report = (tmp_path / "report.md").read_text()
+    assert f"{results['finetune_acc']:.4f}" in report and analyses[0]["epochs"] == 0
 
 
 def test_layer_decay_groups_cover_the_mae_encoder_only():
