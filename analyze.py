@@ -23,6 +23,7 @@ Comparing the runs, in --out (default: the parent of the first run dir):
     figures/psnr_per_epoch.png   test PSNR per epoch, a panel per dataset, masked models apart (C10, MLP)
     figures/loss_per_epoch.png   train and test loss per epoch, a panel per kind of loss; the VAE's KL (C10, MLP)
     figures/psnr_vs_noise.png    AE, DAE: PSNR against test noise variance; each DAE at its training noise (MLP)
+    figures/psnr_per_latent.png  MLP AE, DAE: best PSNR at each latent size over the L1 settings tried (MLP)
     figures/mask_ratios.png      MCAE runs trained at different mask ratios, tested at 0.1, 0.3, 0.5 (C10)
     figures/vae_vs_ae.png        a VAE and an AE run of one dataset: originals and both reconstructions (C10)
     figures/three_levels.png     MCAE runs hiding nothing, random pixels and blocks (Mask)
@@ -618,6 +619,39 @@ def plot_psnr_vs_noise(runs, analyses, path):
     return save(fig, path)
 
 
+def best_psnr_per_latent(analyses):
+    """MLP AEs and DAEs: {'<dataset>, noise std <s>': {latent size: (best test PSNR, its L1 weight)}}."""
+    best = {}
+    for a in analyses:
+        if a["kind"] in ("ae", "dae") and a["config"]["arch"] == "mlp" and "psnr" in a["results"]:
+            line = f"{a['dataset']}, noise std {a['config'].get('noise_std', 0):g}"
+            point = best.setdefault(line, {}).get(a["config"]["latent_dim"])
+            if point is None or a["results"]["psnr"] > point[0]:
+                best[line][a["config"]["latent_dim"]] = (a["results"]["psnr"], a["config"]["l1"])
+    return best
+
+
+def plot_psnr_per_latent(runs, analyses, path):
+    """The best test PSNR at each latent size over the L1 settings tried, one line per dataset and input
+    noise, each point labelled with the L1 weight that won (the MLP report's figure 2)."""
+    best = best_psnr_per_latent(analyses)
+    if not any(len(points) > 1 for points in best.values()):
+        return None  # one latent size: nothing to compare
+    fig, (ax,) = panels(1, 7)
+    for line, points in best.items():
+        sizes = sorted(points)
+        ax.plot(sizes, [points[d][0] for d in sizes], marker="o", label=line)
+        for d in sizes:
+            ax.annotate(f"L1 {points[d][1]:g}", (d, points[d][0]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    sizes = sorted({d for points in best.values() for d in points})
+    ax.set(xscale="log", xlabel="latent size", ylabel="best test PSNR (dB) over L1 settings")
+    ax.set_xticks(sizes, [str(d) for d in sizes])
+    ax.minorticks_off()
+    finish_axes(ax)
+    fig.suptitle("MLP autoencoders: reconstruction against latent size")
+    return save(fig, path)
+
+
 def plot_mask_ratios(runs, analyses, path):
     """MCAE runs trained at different mask ratios (the plain AE: at 0), tested at the assignment's ratios,
     beside leaving the holes black: a panel per dataset and kind of mask (C10)."""
@@ -685,7 +719,8 @@ def plot_three_levels(runs, analyses, path):
 
 
 COMPARISON_FIGURES = {"psnr_per_epoch": plot_psnr_per_epoch, "loss_per_epoch": plot_loss_per_epoch,
-                      "psnr_vs_noise": plot_psnr_vs_noise, "mask_ratios": plot_mask_ratios, "vae_vs_ae": plot_vae_vs_ae,
+                      "psnr_vs_noise": plot_psnr_vs_noise, "psnr_per_latent": plot_psnr_per_latent,
+                      "mask_ratios": plot_mask_ratios, "vae_vs_ae": plot_vae_vs_ae,
                       "three_levels": plot_three_levels}
 
 

@@ -386,3 +386,13 @@ def test_a_run_on_your_own_image_folder_is_analysed(tmp_path):
     assert data.classes == ["bars", "discs"] and data.test_x.shape[1:] == (1, 16, 16) and len(data.test_x) == 2
     for name in ("reconstructions", "tsne", "saliency"):
         assert matplotlib.image.imread(run_dir / "figures" / f"{name}.png").shape[0] > 100
+
+
+def test_best_psnr_per_latent_takes_the_best_l1_of_each_size():
+    def run(kind, latent, l1, psnr, noise=None, arch="mlp"):
+        config = {"arch": arch, "latent_dim": latent, "l1": l1, **({"noise_std": noise} if noise else {})}
+        return {"kind": kind, "dataset": "mnist", "config": config, "results": {"psnr": psnr}}
+    analyses = [run("dae", 32, 0.0, 20.0, 0.1), run("dae", 32, 1e-4, 21.0, 0.1), run("dae", 64, 0.0, 22.5, 0.1),
+                run("dae", 64, 1e-4, 22.0, 0.1), run("ae", 32, 0.0, 25.0), run("dae", 32, 0.0, 30.0, 0.1, "conv")]
+    best = analyze.best_psnr_per_latent(analyses)
+    assert best == {"mnist, noise std 0.1": {32: (21.0, 1e-4), 64: (22.5, 0.0)}, "mnist, noise std 0": {32: (25.0, 0.0)}}
