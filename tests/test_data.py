@@ -129,3 +129,12 @@ def test_a_folder_without_images_is_one_clear_error(tmp_path, make):
     with pytest.raises(RunError, match="mine") as error:
         load_data("folder", str(root), "cpu")
     assert "\n" not in str(error.value)
+
+
+def test_cifar_files_that_fail_the_checksum_say_so(tmp_path):
+    """Files are there but torchvision's md5 check refuses them: the message says that, not 'missing'."""
+    from conftest import make_cifar10
+    make_cifar10(str(tmp_path))  # tiny files: right names, wrong checksums
+    with pytest.raises(RunError, match="could not read the files in .*cifar-10-batches-py.*checksum") as error:
+        load_data("cifar10", str(tmp_path), "cpu")
+    assert "is not in" not in str(error.value)
