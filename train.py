@@ -657,6 +657,7 @@ def downstream(model, data, args):
         # fine-tune a copy, so ckpt.pt keeps the pretrained weights the figures are drawn from
         copy = MODELS[args.model][0](model.config).to(args.device)
         copy.load_state_dict(model.state_dict())
+        torch.manual_seed(args.seed)  # the same head, order and drop path whatever else --eval ran first
         results["finetune_acc"] = finetune(copy, data, args, num_classes)
         print(f"fine-tune accuracy {results['finetune_acc']:.4f} (model and head in finetune.pt)")
     return results
