@@ -379,10 +379,10 @@ def train_epoch(step_loss, optimizer, perm, batch_size, first_step, schedule, la
         optimizer.step()
         scalars = {"train_loss": loss, **{k: v for k, v in out.items() if v.ndim == 0}}
         for key, value in scalars.items():
-            sums[key] = sums.get(key, 0.0) + value.detach().float()  # no .item(): no GPU sync per step
+            sums[key] = sums.get(key, 0.0) + value.detach().float()  # summed as tensors, read once an epoch
         now = time.time()
         if not quiet and (now - last_print > 15 or (first_step == 0 and i == 19)):
-            rate = (i + 1) * len(perm[s]) / (now - t0)
+            rate = (i + 1) * batch_size / (now - t0)
             print(f"  {label}step {i + 1}/{steps} | loss {loss.item():.4f} | {rate:.0f} img/s "
                   f"| epoch eta {format_seconds((steps - i - 1) * batch_size / rate)}", flush=True)
             last_print = now
