@@ -51,6 +51,8 @@ from matplotlib.ticker import MaxNLocator
 from torchvision.utils import make_grid
 
 import metrics
+import evaluate
+import loop
 import train
 from data import Data, RunError, load_data, to_float
 from mae import MAE, random_masking
@@ -113,7 +115,7 @@ def load_runs(run_dirs, device, data_dir=None):
             datasets[key] = load_data(dataset, directory, device, seed=args["seed"], image_size=size, channels=channels)
         results_path = os.path.join(run_dir, "results.json")
         results = json.load(open(results_path)) if os.path.exists(results_path) else {}
-        log = train.read_log(os.path.join(run_dir, "log.jsonl"), ckpt["epoch"])
+        log = loop.read_log(os.path.join(run_dir, "log.jsonl"), ckpt["epoch"])
         runs.append(Run(name, run_dir, model, ckpt["model_name"], args, ckpt["config"], log, results, datasets[key]))
     return runs
 
@@ -218,7 +220,7 @@ def probe_under_noise(run, variances, n_train=5000):
     for variance in [0.0] + variances:
         torch.manual_seed(0)  # the same noise, and the same probe, for every run
         test_f = in_batches(run.model.encode, add_noise(x, math.sqrt(variance)))
-        accuracy.append(train.linear_probe(train_f, run.data.train_y[:n_train], test_f, run.data.test_y,
+        accuracy.append(evaluate.linear_probe(train_f, run.data.train_y[:n_train], test_f, run.data.test_y,
                                            len(run.data.classes)))
     return {"n_train": len(train_f), "variances": [0.0] + variances, "accuracy": accuracy}
 
@@ -917,7 +919,7 @@ def main(argv=None):
         print(f"loaded {len(runs)} run(s) in {time.time() - t0:.1f}s: {', '.join(run.name for run in runs)}")
         analyses, figures = [], {}
         for run in runs:
-            print(f"{run.name}: {train.dead_run_warning(run.results) or 'measuring'}")
+            print(f"{run.name}: {evaluate.dead_run_warning(run.results) or 'measuring'}")
             analyses.append(measure(run, args.tsne_per_class, args.tsne_iters))
             with open(os.path.join(run.path, "analysis.json"), "w") as f:
                 json.dump(analyses[-1], f, indent=1)

@@ -16,10 +16,12 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+import evaluate
+import loop
 import mae as mae_module
 import metrics
 import train
-from data import Data, RunError, load_data, to_float
+from data import Data, RunError, batches, load_data, to_float
 
 # the DAE-vs-MAE study's shapes: MNIST MAE (patch 2, embed 64) and CIFAR-10 MAE (embed 192)
 MAE_STUDY_MNIST = dict(patch_size=2, embed_dim=64, depth=6, num_heads=4, decoder_embed_dim=64, decoder_depth=2)
@@ -56,16 +58,16 @@ def bench_pretraining(model_name, dataset, batch_size, steps, device, **config):
     """Images/s of `steps` pretraining steps, and the share of that time spent preparing batches."""
     data = fake_data(dataset, steps * batch_size, device)
     model = make_model(model_name, data, device, **config)
-    optimizer = train.make_optimizer([{"params": model.parameters(), "lr": 1e-4}], (0.9, 0.999), 0.0)
+    optimizer = loop.make_optimizer([{"params": model.parameters(), "lr": 1e-4}], (0.9, 0.999), 0.0)
     perm = torch.randperm(len(data.train_x), device=device)
 
     def step_loss(idx):
-        with train.autocast(device):
+        with loop.autocast(device):
             return model(data.train_batch(idx))
 
-    seconds = timed(lambda: train.train_epoch(step_loss, optimizer, perm, batch_size, 1, lambda s: 1.0, quiet=True),
+    seconds = timed(lambda: loop.train_epoch(step_loss, optimizer, perm, batch_size, 1, lambda s: 1.0, quiet=True),
                     device)
-    data_seconds = timed(lambda: [data.train_batch(perm[s]) for s in train.batches(len(perm), batch_size)], device)
+    data_seconds = timed(lambda: [data.train_batch(perm[s]) for s in batches(len(perm), batch_size)], device)
     return {"model": model_name, "dataset": dataset, "batch_size": batch_size, "images_per_s": len(perm) / seconds,
             "ms_per_step": 1000 * seconds / steps, "data_share": data_seconds / seconds}, model
 
@@ -74,13 +76,13 @@ def bench_finetuning(batch_size, steps, device, **config):
     """Images/s of MAE fine-tuning steps: the encoder on whole images (nothing masked) + a linear head."""
     data = fake_data("mnist", steps * batch_size, device)
     model = make_model("mae", data, device, **config)
-    clf = train.Classifier(model, torch.nn.Linear(model.config.embed_dim, 10)).to(device)
+    clf = evaluate.Classifier(model, torch.nn.Linear(model.config.embed_dim, 10)).to(device)
 
     def forward(images):
-        with train.autocast(device):
+        with loop.autocast(device):
             return clf(to_float(images)).float()
 
-    seconds = timed(lambda: train.fit_classifier([{"params": clf.parameters(), "lr": 1e-4}], forward, data.train_x,
+    seconds = timed(lambda: evaluate.fit_classifier([{"params": clf.parameters(), "lr": 1e-4}], forward, data.train_x,
                                                  data.train_y, 1, batch_size, 0.05, quiet=True), device)
     return len(data.train_x) / seconds
 

@@ -10,10 +10,10 @@ A run, in the order this file reads:
 3. model and optimiser, from the table MODELS; --resume picks up ckpt.pt.
 4. pretraining: the model's own loss (reconstruct, denoise, fill in); one line per epoch, and
    ckpt.pt + log.jsonl written after every epoch so a run can be stopped and resumed.
-5. evaluation: reconstruction quality on the test set, then (--eval) a linear probe and k-NN on frozen
-   features and fine-tuning of the encoder with a classification head.
+5. evaluation (evaluate.py): reconstruction quality on the test set, then (--eval) a linear probe and
+   k-NN on frozen features and fine-tuning of the encoder with a classification head.
 
-One training step, `train_epoch`, serves pretraining, fine-tuning and the linear probe.
+The training step and lr schedule (loop.py) are the same for pretraining, fine-tuning and the probe.
 Writes ckpt.pt, log.jsonl, results.json (and finetune.pt) to --out-dir (default out/<model>-<dataset>).
 """
 import argparse
@@ -26,14 +26,14 @@ import time
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import metrics
 from ae import AE, AEConfig
 from dae import DAE, DAEConfig
-from data import DATASETS, DIGITS, RunError, batches, color_jitter, load_data, random_shift_flip, to_float
+from data import DATASETS, RunError, load_data
+from evaluate import dead_run_warning, downstream, evaluate, extract_features
+from loop import (autocast, format_seconds, load_checkpoint, lr_factor, make_optimizer, read_log, save_checkpoint,
+                  train_epoch)
 from mae import MAE, MAEConfig
 from mcae import MCAE, MCAEConfig
 from vae import VAE, VAEConfig
@@ -281,56 +281,6 @@ def build_config(model_name, args, in_channels, image_size):
     return config_cls(**{**given, "in_channels": in_channels, "image_size": image_size})
 
 
-def make_optimizer(param_groups, betas, weight_decay):
-    """AdamW over groups of {'params', 'lr'}; each group remembers its lr as 'base_lr' for the schedule."""
-    optimizer = torch.optim.AdamW(param_groups, betas=betas, weight_decay=weight_decay)
-    for group in optimizer.param_groups:
-        group["base_lr"] = group["lr"]
-    return optimizer
-
-
-def autocast(device, precision="auto"):
-    """bf16 autocast for --precision bf16, and for auto on CUDA (tensor cores); plain float32 otherwise.
-
-    On a CPU with bf16 instructions (avx512_bf16, AMX) bf16 is worth asking for: the MAE's fine-tuning
-    step ran 1.3x faster on one such core.
-    """
-    device_type = torch.device(device).type
-    enabled = precision == "bf16" or (precision == "auto" and device_type == "cuda")
-    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled)
-
-
-def save_atomic(obj, path):
-    """Write to a temporary file, then rename: an interrupted save (or a full disk) never leaves a
-    broken file, and the previous checkpoint stays until the new one is complete."""
-    try:
-        torch.save(obj, path + ".tmp")
-    except BaseException:
-        if os.path.exists(path + ".tmp"):
-            os.remove(path + ".tmp")
-        raise
-    os.replace(path + ".tmp", path)
-
-
-CHECKPOINT_KEYS = {"model", "optimizer", "epoch", "model_name", "config", "args"}
-
-
-def load_checkpoint(path, model_name=None):
-    if not os.path.exists(path):
-        raise RunError(f"no checkpoint at {path}: train first, or drop --resume")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, random bytes, another program's file: whatever torch.load says
-        ckpt = e
-    if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= set(ckpt):
-        raise RunError(f"{path} is damaged or not a nanoAE checkpoint; start over with --overwrite "
-                       f"or use another --out-dir")
-    if model_name is not None and ckpt["model_name"] != model_name:
-        raise RunError(f"{path} holds a {ckpt['model_name']} model, not {model_name}: "
-                       f"use another --out-dir or --model {ckpt['model_name']}")
-    return ckpt
-
-
 def load_run(run_dir, device="cpu"):
     """(model in eval mode, args dict, checkpoint) of a finished or interrupted run, for analysis."""
     ckpt = load_checkpoint(os.path.join(run_dir, "ckpt.pt"))
@@ -338,55 +288,6 @@ def load_run(run_dir, device="cpu"):
     model = model_cls(config_cls(**ckpt["config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt["args"], ckpt
-
-
-# -----------------------------------------------------------------------------
-# one training epoch, for pretraining, fine-tuning and the linear probe
-
-
-def lr_factor(step, total_steps, warmup_steps, schedule="cosine"):
-    """Linear warm-up to 1, then cosine decay to 0 (or constant 1). A function of the step alone, so a
-    resumed run needs no scheduler state."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant" or total_steps <= warmup_steps:
-        return 1.0
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / (total_steps - warmup_steps)))
-
-
-def format_seconds(s):
-    return f"{s / 60:.1f}m" if s >= 90 else f"{s:.0f}s"
-
-
-def train_epoch(step_loss, optimizer, perm, batch_size, first_step, schedule, label="", quiet=False):
-    """One pass over the indices perm in batches: every group's lr = base_lr * schedule(step), then
-    loss, out = step_loss(idx), backward, and an AdamW step.
-
-    Returns the epoch's mean train_loss and the mean of every scalar the model put in out (the VAE's kl
-    and recon_loss, ...). A progress line every 15 s (and after step 20 of a run) unless quiet.
-    """
-    steps = math.ceil(len(perm) / batch_size)
-    sums, t0 = {}, time.time()
-    last_print = t0
-    for i, s in enumerate(batches(len(perm), batch_size)):
-        for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * schedule(first_step + i)
-        loss, out = step_loss(perm[s])
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {i + 1}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scalars = {"train_loss": loss, **{k: v for k, v in out.items() if v.ndim == 0}}
-        for key, value in scalars.items():
-            sums[key] = sums.get(key, 0.0) + value.detach().float()  # summed as tensors, read once an epoch
-        now = time.time()
-        if not quiet and (now - last_print > 15 or (first_step == 0 and i == 19)):
-            rate = (i + 1) * batch_size / (now - t0)
-            print(f"  {label}step {i + 1}/{steps} | loss {loss.item():.4f} | {rate:.0f} img/s "
-                  f"| epoch eta {format_seconds((steps - i - 1) * batch_size / rate)}", flush=True)
-            last_print = now
-    return {key: (value / steps).item() for key, value in sums.items()}
 
 
 # -----------------------------------------------------------------------------
@@ -445,222 +346,6 @@ def pretrain(model, data, args, optimizer, start_epoch, log_path, rank=0, world_
         with open(log_path, "a") as f:  # log first: a crash before the checkpoint leaves a line to trim
             f.write(json.dumps(entry) + "\n")
         save_checkpoint(model, optimizer, epoch + 1, args)
-
-
-def save_checkpoint(model, optimizer, epoch, args):
-    save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                 "model_name": args.model, "config": dataclasses.asdict(model.config), "args": vars(args)},
-                os.path.join(args.out_dir, "ckpt.pt"))
-
-
-def dead_run_warning(stats):
-    """One line when a model outputs about the same image for every input (a dead run: a saturated
-    sigmoid, dead ReLUs, a diverged lr), whose figures would otherwise look like results; else None."""
-    if stats.get("recon_spread", 1.0) < 0.01:
-        return (f"warning: the reconstructions hardly differ between images (spread {stats['recon_spread']:.4f}, "
-                f"PSNR {stats['psnr']:.2f} dB): the model outputs about the same image for every input and "
-                f"has not learned; try a lower --lr or more epochs")
-    return None
-
-
-def read_log(log_path, up_to_epoch):
-    """Log entries of the epochs a checkpoint holds (a crash between log and checkpoint leaves extra)."""
-    if not os.path.exists(log_path):
-        return []
-    with open(log_path) as f:
-        entries = [json.loads(line) for line in f if line.strip()]
-    return [e for e in entries if e["epoch"] <= up_to_epoch]
-
-
-# -----------------------------------------------------------------------------
-# evaluation
-
-
-@torch.no_grad()
-def evaluate(model, data, args):
-    """Test loss, reconstruction quality and every scalar the model reports, averaged over the test set.
-    Noise and masks are drawn from a fixed seed, so two evaluations of the same weights agree."""
-    model.eval()
-    sums = {}
-    with torch.random.fork_rng(devices=[data.test_x.device] if data.test_x.is_cuda else []):
-        torch.manual_seed(args.seed)
-        for s in batches(len(data.test_x), args.batch_size):
-            x = to_float(data.test_x[s])
-            with autocast(args.device, args.precision):
-                loss, out = model(x)
-            recon = out["recon"].float()
-            per_image = {
-                "test_loss": loss.float().expand(len(x)),
-                "mse": metrics.mse(recon, x), "mae": metrics.mae(recon, x),
-                "psnr": metrics.psnr(recon, x), "ssim": metrics.ssim_fast(recon, x),
-                "psnr_input": metrics.psnr(out["input"].float(), x),  # the corrupted input, as a baseline
-                # how much the reconstructions differ from image to image: ~0 when the model gives the
-                # same picture (all black, the mean image) whatever it is shown
-                "recon_spread": recon.flatten(1).std(dim=0, correction=0).mean().expand(len(x)),
-                **{k: v.float().expand(len(x)) for k, v in out.items() if v.ndim == 0},
-            }
-            if "mask" in out and out["mask"].any():  # masked models: how well the hidden pixels were filled
-                psnr_hidden = metrics.hidden_psnr(recon, x, out["mask"])  # NaN: an image with nothing hidden
-                per_image["psnr_hidden"] = psnr_hidden.nan_to_num(psnr_hidden.nanmean().item())
-            for key, value in per_image.items():
-                sums[key] = sums.get(key, 0.0) + value.sum().item()
-    model.train()
-    return {key: total / len(data.test_x) for key, total in sums.items()}
-
-
-@torch.no_grad()
-def extract_features(model, images, batch_size, device):
-    """(N, D) features of clean images from model.encode, computed once and reused by every probe."""
-    model.eval()
-    features = []
-    for s in batches(len(images), batch_size):
-        with autocast(device):
-            features.append(model.encode(to_float(images[s])).float())
-    model.train()
-    return torch.cat(features)
-
-
-def fit_classifier(param_groups, forward, inputs, labels, epochs, batch_size, weight_decay, label_smoothing=0.0,
-                   warmup_epochs=0, quiet=False):
-    """Minimise the cross-entropy of forward(inputs[idx]) with AdamW and a warm-up + cosine schedule."""
-    optimizer = make_optimizer(param_groups, (0.9, 0.999), weight_decay)
-    steps = math.ceil(len(inputs) / batch_size)
-
-    def step_loss(idx):
-        return F.cross_entropy(forward(inputs[idx]), labels[idx], label_smoothing=label_smoothing), {}
-
-    for epoch in range(epochs):
-        t0 = time.time()
-        perm = torch.randperm(len(inputs), device=inputs.device)
-        if len(perm) % batch_size == 1:  # BatchNorm in a head cannot train on a last batch of one
-            perm = perm[:-1]
-        stats = train_epoch(step_loss, optimizer, perm, batch_size, epoch * steps,
-                            lambda step: lr_factor(step, epochs * steps, warmup_epochs * steps),
-                            label="finetune ", quiet=quiet)
-        if not quiet:
-            print(f"finetune epoch {epoch + 1}/{epochs} | loss {stats['train_loss']:.4f} | {time.time() - t0:.1f}s")
-
-
-def linear_probe(train_features, train_labels, test_features, test_labels, num_classes, epochs=100):
-    """Accuracy of a linear classifier on frozen, standardised features."""
-    mean, std = train_features.mean(0), train_features.std(0) + 1e-6
-    train_features, test_features = (train_features - mean) / std, (test_features - mean) / std
-    head = nn.Linear(train_features.shape[1], num_classes).to(train_features.device)
-    with torch.enable_grad():
-        fit_classifier([{"params": head.parameters(), "lr": 1e-3}], head, train_features, train_labels,
-                       epochs, 1024, 1e-4, quiet=True)
-    with torch.no_grad():
-        return (head(test_features).argmax(1) == test_labels).float().mean().item()
-
-
-def make_head(kind, dim, num_classes):
-    if kind == "linear":
-        return nn.Linear(dim, num_classes)
-    # the DAE-vs-MAE study's DAE head: three linear layers with normalisation, ReLU and dropout between them
-    return nn.Sequential(nn.Linear(dim, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(0.3),
-                         nn.Linear(256, 128), nn.BatchNorm1d(128), nn.ReLU(), nn.Dropout(0.3),
-                         nn.Linear(128, num_classes))
-
-
-class Classifier(nn.Module):
-    """The pretrained encoder (model.encode) with a classification head on its features."""
-
-    def __init__(self, model, head):
-        super().__init__()
-        self.model, self.head = model, head
-
-    def forward(self, x):
-        return self.head(self.model.encode(x))
-
-
-def layer_decay_groups(model, lr, weight_decay, layer_decay):
-    """Parameter groups of a ViT encoder with layer-wise lr decay (BEiT, MAE fine-tuning).
-
-    Layer 0 is the patch embedding and CLS token, layer i + 1 encoder block i, layer depth + 1 the final
-    norm; a layer's lr is lr * layer_decay ** (depth + 1 - layer), so the layers near the input, which
-    pretraining taught the most general things, move least. Biases, norms and the CLS token get no
-    weight decay. The decoder is left out: fine-tuning does not use it.
-    """
-    depth, groups = len(model.blocks), {}
-    for name, param in model.named_parameters():
-        part = name.split(".")[0]
-        if part not in model.encoder_parts:
-            continue
-        if part == "blocks":
-            layer = int(name.split(".")[1]) + 1        # blocks.3.attn.qkv.weight -> layer 4
-        elif part == "norm":
-            layer = depth + 1
-        else:
-            layer = 0                                  # patch embedding, CLS token
-        no_decay = param.ndim == 1 or part == "cls_token"
-        group = groups.setdefault((layer, no_decay), {"params": [], "lr": lr * layer_decay ** (depth + 1 - layer),
-                                                      "weight_decay": 0.0 if no_decay else weight_decay})
-        group["params"].append(param)
-    return [groups[key] for key in sorted(groups)]
-
-
-def finetune(model, data, args, num_classes):
-    """Train encoder and head together on labels; the encoder gets its own (usually lower) lr."""
-    dim = extract_features(model, data.test_x[:2], 2, args.device).shape[1]
-    clf = Classifier(model, make_head(args.head, dim, num_classes)).to(args.device)
-    encoder_lr = args.finetune_lr if args.finetune_lr is not None else args.head_lr
-    if hasattr(model, "encoder_parts") and args.layer_decay < 1:
-        groups = layer_decay_groups(model, encoder_lr, args.weight_decay, args.layer_decay)
-    else:
-        groups = [{"params": model.parameters(), "lr": encoder_lr}]  # the decoder gets no gradient: untouched
-    groups.append({"params": clf.head.parameters(), "lr": args.head_lr})
-    flip = data.classes != DIGITS  # a mirrored 2 is no longer a 2; a mirrored shoe is still a shoe
-
-    def forward(images):
-        x = to_float(images)
-        if data.jitter:
-            x = color_jitter(x)
-        if args.augment == "shift-flip":
-            x = random_shift_flip(x, flip=flip)
-        with autocast(args.device, args.precision):
-            return clf(x).float()
-
-    clf.train()
-    # one warm-up epoch: the new head's first, large gradients would otherwise shake the pretrained blocks
-    fit_classifier(groups, forward, data.train_x, data.train_y, args.finetune_epochs, args.batch_size,
-                   args.weight_decay, args.label_smoothing, warmup_epochs=1 if args.finetune_epochs > 1 else 0)
-    clf.eval()
-    correct = 0
-    with torch.no_grad():
-        for s in batches(len(data.test_x), args.batch_size):
-            with autocast(args.device, args.precision):
-                correct += (clf(to_float(data.test_x[s])).argmax(1) == data.test_y[s]).sum().item()
-    save_atomic({"model": model.state_dict(), "head": clf.head.state_dict(), "head_kind": args.head,
-                 "model_name": args.model, "config": dataclasses.asdict(model.config), "args": vars(args)},
-                os.path.join(args.out_dir, "finetune.pt"))
-    return correct / len(data.test_x)
-
-
-def downstream(model, data, args):
-    """Each protocol asked for in --eval; features are encoded once and shared by linear and knn."""
-    protocols = [p for p in args.eval.split(",") if p]
-    num_classes = len(data.classes)
-    results = {}
-    if {"linear", "knn"} & set(protocols):
-        t0 = time.time()
-        train_f = extract_features(model, data.train_x, args.batch_size, args.device)
-        test_f = extract_features(model, data.test_x, args.batch_size, args.device)
-        print(f"features: {tuple(train_f.shape)} train, {tuple(test_f.shape)} test in {time.time() - t0:.1f}s")
-        if "linear" in protocols:
-            results["linear_acc"] = linear_probe(train_f, data.train_y, test_f, data.test_y, num_classes)
-            print(f"linear probe accuracy {results['linear_acc']:.4f}")
-        if "knn" in protocols:
-            results["knn_acc"] = metrics.knn_accuracy(train_f, data.train_y, test_f, data.test_y, k=20,
-                                                      num_classes=num_classes)
-            print(f"k-NN (k=20, cosine) accuracy {results['knn_acc']:.4f}")
-    if "finetune" in protocols:
-        # fine-tune a copy, so ckpt.pt keeps the pretrained weights the figures are drawn from
-        copy = MODELS[args.model][0](model.config).to(args.device)
-        copy.load_state_dict(model.state_dict())
-        torch.manual_seed(args.seed)  # the same head, order and drop path whatever else --eval ran first
-        results["finetune_acc"] = finetune(copy, data, args, num_classes)
-        print(f"fine-tune accuracy {results['finetune_acc']:.4f} (model and head in finetune.pt)")
-    return results
 
 
 # -----------------------------------------------------------------------------

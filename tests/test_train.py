@@ -9,6 +9,8 @@ import pytest
 import torch
 
 import analyze
+import evaluate
+import loop
 import train
 from data import RunError
 from ae import AE, AEConfig
@@ -28,7 +30,7 @@ def run(data_dir, out_dir, *flags):
 @pytest.mark.parametrize("dataset,flip", [("mnist", False), ("fashion-mnist", True)])
 def test_finetune_flips_all_but_digits(data_dir, tmp_path, monkeypatch, dataset, flip):
     seen = []
-    monkeypatch.setattr(train, "random_shift_flip", lambda x, flip: seen.append(flip) or x)
+    monkeypatch.setattr(evaluate, "random_shift_flip", lambda x, flip: seen.append(flip) or x)
     run(data_dir, tmp_path, "--model", "ae", "--dataset", dataset, "--epochs", "0", "--eval", "finetune",
         "--finetune-epochs", "1", "--augment", "shift-flip")
     assert seen and set(seen) == {flip}
@@ -42,7 +44,7 @@ def test_finetune_flips_all_but_digits(data_dir, tmp_path, monkeypatch, dataset,
                                                   ("cpu", "bf16", torch.bfloat16)])
 def test_autocast_follows_precision(device, precision, dtype):
     a = torch.randn(4, 4, device=device)
-    with train.autocast(device, precision):
+    with loop.autocast(device, precision):
         assert (a @ a).dtype == dtype
 
 
@@ -173,7 +175,7 @@ def test_resume_gives_the_same_weights(data_dir, tmp_path, monkeypatch):
     run(data_dir, tmp_path / "straight", *flags)
 
     saves = []
-    real_save = train.save_atomic
+    real_save = loop.save_atomic
 
     def crash_after_first_epoch(obj, path):
         real_save(obj, path)
@@ -181,10 +183,10 @@ def test_resume_gives_the_same_weights(data_dir, tmp_path, monkeypatch):
         if len(saves) == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "save_atomic", crash_after_first_epoch)
+    monkeypatch.setattr(loop, "save_atomic", crash_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         run(data_dir, tmp_path / "interrupted", *flags)
-    monkeypatch.setattr(train, "save_atomic", real_save)
+    monkeypatch.setattr(loop, "save_atomic", real_save)
     run(data_dir, tmp_path / "interrupted", *flags, "--resume")
 
     a = torch.load(tmp_path / "straight" / "ckpt.pt", weights_only=True)
@@ -251,7 +253,7 @@ def test_epochs_0_fine_tunes_from_scratch(data_dir, tmp_path):
 
 def test_layer_decay_groups_cover_the_mae_encoder_only():
     model = MAE(MAEConfig(embed_dim=32, depth=3, num_heads=2, decoder_embed_dim=16, decoder_depth=1))
-    groups = train.layer_decay_groups(model, lr=1e-3, weight_decay=0.05, layer_decay=0.5)
+    groups = evaluate.layer_decay_groups(model, lr=1e-3, weight_decay=0.05, layer_decay=0.5)
     grouped = [p for g in groups for p in g["params"]]
     encoder = [p for n, p in model.named_parameters() if n.split(".")[0] in model.encoder_parts]
     assert len(grouped) == len(encoder) == len({id(p) for p in grouped})
