@@ -1,11 +1,9 @@
 """
-Speed of nanoAE on this machine: prints tables and writes bench.json. `python bench.py` (about 10
-minutes on one CPU thread) or `python bench.py --quick` (a minute or two). It measures, with train.py's
-own training step: matmul GFLOP/s (the ceiling); pretraining images/s of every model at MNIST and
-CIFAR-10 shapes and the share spent preparing batches; the MAE at the DAE-vs-MAE study's MNIST shape
-(patch 2, embed 64, depth 6): fine-tuning images/s, GFLOP/s achieved (torch's FlopCounterMode), fused
-against written-out attention, where a step's time goes (torch.profiler); t-SNE and SSIM, textbook
-and fast, against scikit-learn and scikit-image (requirements-dev.txt; rows skipped without them).
+Speed of nanoAE on this machine, with train.py's own training step: `python bench.py` (~10 minutes on one
+CPU thread; `--quick`: a minute or two) prints tables and writes bench.json: pretraining images/s of every
+model and the share spent preparing batches; the MAE at the DAE-vs-MAE study's MNIST shape: fine-tuning
+img/s, fused vs written-out attention, the operators a step's time goes to; t-SNE and SSIM, textbook and
+fast, against scikit-learn and scikit-image (requirements-dev.txt; rows skipped without them).
 """
 import argparse
 import json
@@ -14,7 +12,6 @@ import platform
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import evaluate
 import loop
@@ -40,24 +37,20 @@ def timed(fn, device, repeat=1):
     return (time.perf_counter() - t0) / repeat
 
 
-def fake_data(dataset, n, device):
-    """Random uint8 images resident on the device, shaped like the dataset: speed does not care."""
+def fake_run(model_name, dataset, n, device, **config):
+    """A model and n random uint8 images resident on the device, shaped like the dataset: speed does not
+    care what the pixels show."""
     channels, size, jitter = SHAPES[dataset]
     images = torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 10, (n,), device=device)
-    return Data(images, labels, images[:1000], labels[:1000], jitter, [str(i) for i in range(10)])
-
-
-def make_model(model_name, data, device, **config):
     model_cls, config_cls, _ = train.MODELS[model_name]
-    shape = dict(in_channels=data.train_x.shape[1], image_size=data.train_x.shape[2])
-    return model_cls(config_cls(**shape, **config)).to(device).train()
+    model = model_cls(config_cls(in_channels=channels, image_size=size, **config)).to(device).train()
+    return Data(images, labels, images[:1000], labels[:1000], jitter, [str(i) for i in range(10)]), model
 
 
 def bench_pretraining(model_name, dataset, batch_size, steps, device, **config):
     """Images/s of `steps` pretraining steps, and the share of that time spent preparing batches."""
-    data = fake_data(dataset, steps * batch_size, device)
-    model = make_model(model_name, data, device, **config)
+    data, model = fake_run(model_name, dataset, steps * batch_size, device, **config)
     optimizer = loop.make_optimizer([{"params": model.parameters(), "lr": 1e-4}], (0.9, 0.999), 0.0)
     perm = torch.randperm(len(data.train_x), device=device)
 
@@ -69,13 +62,12 @@ def bench_pretraining(model_name, dataset, batch_size, steps, device, **config):
                     device)
     data_seconds = timed(lambda: [data.train_batch(perm[s]) for s in batches(len(perm), batch_size)], device)
     return {"model": model_name, "dataset": dataset, "batch_size": batch_size, "images_per_s": len(perm) / seconds,
-            "ms_per_step": 1000 * seconds / steps, "data_share": data_seconds / seconds}, model
+            "ms_per_step": 1000 * seconds / steps, "data_share": data_seconds / seconds}
 
 
 def bench_finetuning(batch_size, steps, device, **config):
     """Images/s of MAE fine-tuning steps: the encoder on whole images (nothing masked) + a linear head."""
-    data = fake_data("mnist", steps * batch_size, device)
-    model = make_model("mae", data, device, **config)
+    data, model = fake_run("mae", "mnist", steps * batch_size, device, **config)
     clf = evaluate.Classifier(model, torch.nn.Linear(model.config.embed_dim, 10)).to(device)
 
     def forward(images):
@@ -87,14 +79,6 @@ def bench_finetuning(batch_size, steps, device, **config):
     return len(data.train_x) / seconds
 
 
-def step_flops(model, batch):
-    """FLOPs of one forward + backward, counted per operator by torch (matmuls, convs, attention)."""
-    with FlopCounterMode(display=False) as counter:
-        model(batch)[0].backward()
-    model.zero_grad(set_to_none=True)
-    return counter.get_total_flops()
-
-
 def written_out_attention(self, x, return_attention=False):
     """Attention.forward taking the written-out path every time (its weights thrown away)."""
     y, attn = FUSED_ATTENTION(self, x, return_attention=True)
@@ -103,38 +87,18 @@ def written_out_attention(self, x, return_attention=False):
 
 FUSED_ATTENTION = mae_module.Attention.forward
 
-# operator name fragments -> what the time is spent on; the first match wins (backward ops included)
-OP_GROUPS = [("attention (SDPA)", ("scaled_dot_product", "attention")), ("matmul", ("mm", "linear", "matmul")),
-             ("GELU", ("gelu",)), ("layer norm", ("layer_norm",)), ("softmax", ("softmax",)),
-             ("masking (sort, gather, scatter)", ("sort", "gather", "scatter", "index", "rand")),
-             ("copies (copy_, cat, contiguous)", ("copy", "cat", "clone", "contiguous")),
-             ("optimizer (AdamW)", ("foreach", "adam", "lerp", "addcdiv", "sqrt")),
-             ("elementwise and reductions", ("add", "mul", "sub", "div", "pow", "sum", "mean", "neg", "fill"))]
 
-
-def op_group(name):
-    """The OP_GROUPS entry an operator's time is counted in, e.g. aten::addmm -> matmul."""
-    name = name.lower()
-    return next((group for group, parts in OP_GROUPS if any(p in name for p in parts)), "other")
-
-
-def profile_step(model, batch, device, steps=2):
-    """Share of one training step's time per group of operators (self time, forward + backward + AdamW)."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+def profile(fn, device, top=8):
+    """Share of fn's time taken by its `top` costliest operators, by self time (e.g. in a training step:
+    aten::addmm is a linear layer's forward, aten::mm its backward)."""
     cuda = torch.device(device).type == "cuda"
-    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
-    with torch.profiler.profile(activities=activities) as prof:
-        for _ in range(steps):
-            optimizer.zero_grad(set_to_none=True)
-            model(batch)[0].backward()
-            optimizer.step()
-    totals = {}
-    for event in prof.key_averages():
-        if event.key.startswith("aten::"):  # wrappers' time is in the aten ops they call
-            seconds = event.self_device_time_total if cuda else event.self_cpu_time_total
-            totals[op_group(event.key)] = totals.get(op_group(event.key), 0.0) + seconds
-    total = sum(totals.values())
-    return dict(sorted(((g, t / total) for g, t in totals.items()), key=lambda kv: -kv[1]))
+    with torch.profiler.profile() as prof:  # CPU, and CUDA where there is a GPU
+        fn()
+    # aten:: operators only: the time of wrappers (autograd nodes, modules) is in the operators they call
+    times = {e.key: e.self_device_time_total if cuda else e.self_cpu_time_total
+             for e in prof.key_averages() if e.key.startswith("aten::")}
+    total = sum(times.values())
+    return {op: t / total for op, t in sorted(times.items(), key=lambda kv: -kv[1])[:top]}
 
 
 def bench_tsne(n, device, textbook):
@@ -143,8 +107,7 @@ def bench_tsne(n, device, textbook):
         x = to_float(load_data("fashion-mnist", "./data", "cpu").test_x[:n]).flatten(1)
     except RunError:
         x = torch.randn(10, 50)[torch.randint(0, 10, (n,))] * 3 + torch.randn(n, 50)
-    x = x - x.mean(0)
-    x = x @ torch.linalg.svd(x, full_matrices=False)[2][:50].T  # (n, 50) PCA, as t-SNE is usually fed
+    x = (x - x.mean(0)) @ torch.linalg.svd(x - x.mean(0), full_matrices=False)[2][:50].T  # (n, 50) PCA
     row = {"n": n}
     runs = {"fast": lambda: metrics.tsne_fast(x, seed=0, device=device)}
     if textbook:
@@ -193,12 +156,8 @@ def main():
     device, steps = args.device, (3 if args.quick else 10)
     name = torch.cuda.get_device_name() if device.startswith("cuda") else (platform.processor() or platform.machine())
     report = {"device": f"{device} ({name}, {torch.get_num_threads()} threads)", "torch": torch.__version__,
-              "date": time.strftime("%Y-%m-%d"), "matmul_gflops": 0.0, "pretraining": []}
-    n = 1024 if device == "cpu" else 8192
-    a = torch.randn(n, n, device=device)
-    report["matmul_gflops"] = 2 * n ** 3 / timed(lambda: a @ a, device, 10) / 1e9
-    print(f"nanoAE bench on {report['device']}, torch {torch.__version__}; "
-          f"matmul float32 {report['matmul_gflops']:.0f} GFLOP/s")
+              "date": time.strftime("%Y-%m-%d"), "pretraining": []}
+    print(f"nanoAE bench on {report['device']}, torch {torch.__version__}")
 
     print(f"\n{'model':<6} {'dataset':<15} {'batch':>5} {'img/s':>8} {'ms/step':>8} {'data share':>10}")
     for dataset in SHAPES:
@@ -206,27 +165,23 @@ def main():
             if model_name == "mae" and args.quick and dataset != "mnist":
                 continue  # the 65-token, 192-wide CIFAR-10 MAE takes seconds a step on a CPU
             config = (MAE_STUDY_MNIST if dataset == "mnist" else MAE_STUDY_CIFAR) if model_name == "mae" else {}
-            row, _ = bench_pretraining(model_name, dataset, 256, steps, device, **config)
+            row = bench_pretraining(model_name, dataset, 256, steps, device, **config)
             report["pretraining"].append(row)
             print(f"{model_name:<6} {dataset:<15} {256:>5} {row['images_per_s']:>8.0f} {row['ms_per_step']:>8.1f} "
                   f"{100 * row['data_share']:>9.1f}%")
 
-    fused, model = bench_pretraining("mae", "mnist", 256, steps, device, **MAE_STUDY_MNIST)
+    fused = bench_pretraining("mae", "mnist", 256, steps, device, **MAE_STUDY_MNIST)
     mae_module.Attention.forward = written_out_attention
-    written, _ = bench_pretraining("mae", "mnist", 256, steps, device, **MAE_STUDY_MNIST)
+    written = bench_pretraining("mae", "mnist", 256, steps, device, **MAE_STUDY_MNIST)
     mae_module.Attention.forward = FUSED_ATTENTION
-    batch = to_float(fake_data("mnist", 256, device).train_x)
-    flops = step_flops(model, batch)
     m = report["mae_study_mnist"] = {
         "images_per_s": fused["images_per_s"], "written_out_images_per_s": written["images_per_s"],
         "finetune_images_per_s": bench_finetuning(256, steps, device, **MAE_STUDY_MNIST),
-        "gflop_per_step": flops / 1e9, "achieved_gflops": flops / 1e9 / (fused["ms_per_step"] / 1000),
-        "profile": profile_step(model, batch, device)}
+        "profile": profile(lambda: bench_pretraining("mae", "mnist", 256, 2, device, **MAE_STUDY_MNIST), device)}
     print(f"\nMAE at the DAE-vs-MAE study's MNIST shape, batch 256: pretraining {m['images_per_s']:.0f} img/s "
           f"fused attention, {m['written_out_images_per_s']:.0f} written out; fine-tuning "
-          f"{m['finetune_images_per_s']:.0f} img/s; {m['gflop_per_step']:.1f} GFLOP/step -> "
-          f"{m['achieved_gflops']:.0f} GFLOP/s ({100 * m['achieved_gflops'] / report['matmul_gflops']:.0f}% of matmul)")
-    print("where a pretraining step's time goes: " + ", ".join(f"{g} {100 * s:.0f}%" for g, s in m["profile"].items()))
+          f"{m['finetune_images_per_s']:.0f} img/s")
+    print("where a pretraining step's time goes: " + ", ".join(f"{op} {100 * s:.0f}%" for op, s in m["profile"].items()))
 
     report["tsne"] = [bench_tsne(n, device, textbook=n <= 1000) for n in ((1000,) if args.quick else (1000, 5000))]
     print(f"\n{'t-SNE N':>8}" + "".join(f" {k:>10} {'trust':>6}" for k in ("textbook s", "fast s", "sklearn s")))
