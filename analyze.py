@@ -401,6 +401,13 @@ def parse_args(argv=None):
     return args
 
 
+def draw(plots, inputs, out_dir):
+    """Each figure of plots ({name: plot}) drawn from inputs to OUT_DIR/figures/NAME.png, where it applies:
+    -> {name: path}."""
+    return {name: path for name, plot in plots.items()
+            if (path := plot(*inputs, os.path.join(out_dir, "figures", f"{name}.png")))}
+
+
 def main(argv=None):
     """Measure each run into RUN_DIR/analysis.json and draw its figures, then compare the runs and write
     report.md. Returns the runs, their analyses and the figures drawn ({run name: {figure: path}})."""
@@ -417,9 +424,8 @@ def main(argv=None):
             analyses.append(measure(run, args.tsne_per_class, args.tsne_iters))
             with open(os.path.join(run.path, "analysis.json"), "w") as f:
                 json.dump(analyses[-1], f, indent=1)
-            figures[run.name] = {name: path for name, plot in PER_RUN_FIGURES.items() if (path := plot(run, analyses[-1]))}
-        figures["comparing runs"] = {name: path for name, plot in COMPARISON_FIGURES.items() if (
-            path := plot(runs, analyses, os.path.join(args.out, "figures", f"{name}.png")))}
+            figures[run.name] = draw(PER_RUN_FIGURES, (run, analyses[-1]), run.path)
+        figures["comparing runs"] = draw(COMPARISON_FIGURES, (runs, analyses), args.out)
         write_report(analyses, args.out, figures)
         print(f"done in {time.time() - t0:.1f}s")
     finally:

@@ -99,12 +99,20 @@ def fmt(value, digits=4):
 # drawing helpers
 
 
-def panels(n_cols, width=6, height=4, n_rows=1):
+def panels(n, width=6, height=4, per_row=None):
+    """A figure of n panels of width x height inches, per_row to a row (default: all in one); the places
+    of the last row that no panel fills are left blank. -> (figure, the axes in reading order)"""
+    n_rows, n_cols = math.ceil(n / (per_row or n)), min(per_row or n, n)
     fig = plt.figure(figsize=(width * n_cols, height * n_rows), layout="constrained")
-    return fig, np.atleast_1d(fig.subplots(n_rows, n_cols)).ravel()
+    axes = np.atleast_1d(fig.subplots(n_rows, n_cols)).ravel()
+    for ax in axes[n:]:
+        ax.axis("off")
+    return fig, axes
 
 
-def save(fig, path):
+def save(fig, path, title, **style):
+    """The figure with its title (style: fig.suptitle's options) to path as a PNG; closed, to free it."""
+    fig.suptitle(title, **style)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches="tight", pad_inches=0.1)  # tight: no label is ever cut off
     plt.close(fig)
@@ -151,12 +159,13 @@ def grid_figure(rows, path, row_labels=(), col_labels=(), title="", heat_max=1.0
     if heat_label:
         bar = plt.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0, heat_max), cmap=HEAT_CMAP)
         fig.colorbar(bar, ax=ax, label=heat_label, shrink=0.8, aspect=30)
-    fig.suptitle(title)
-    return save(fig, path)
+    return save(fig, path, title)
 
 
-def finish_axes(ax, epochs=False):
-    """A grid, whole epochs on the x axis, and the legend to the right, where it cannot hide a curve."""
+def finish_axes(ax, epochs=False, **properties):
+    """The axes' properties (ax.set: labels, title, ticks), a grid, whole epochs on the x axis, and the
+    legend to the right, where it cannot hide a curve."""
+    ax.set(**properties)
     if epochs:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -166,15 +175,12 @@ def finish_axes(ax, epochs=False):
 
 
 # -----------------------------------------------------------------------------
-# per-run figures: each returns the path written, or None when the figure does not apply to the run
-
-
-def figure_path(run, name):
-    return os.path.join(run.path, "figures", f"{name}.png")
+# per-run figures, plot_x(run, analysis, path): each returns the path written, or None when the figure
+# does not apply to the run
 
 
 @torch.no_grad()
-def plot_reconstructions(run, analysis):
+def plot_reconstructions(run, analysis, path):
     idx = class_indices(run.data.test_y, N_IMAGES)
     x = test_images(run, idx)
     torch.manual_seed(0)  # the same noise / masks every time the figure is drawn
@@ -185,12 +191,12 @@ def plot_reconstructions(run, analysis):
         score = f"PSNR on hidden pixels {torch.nanmean(metrics.hidden_psnr(out['recon'], x, out['mask'])):.1f} dB"
     elif "mask" not in out and not torch.equal(out["input"], x):  # AE and VAE see the image itself: no row
         rows, labels = rows + [list(out["input"])], labels + ["noisy input"]
-    return grid_figure(rows + [list(out["recon"])], figure_path(run, "reconstructions"), labels + ["reconstruction"],
+    return grid_figure(rows + [list(out["recon"])], path, labels + ["reconstruction"],
                        [run.data.classes[y] for y in run.data.test_y[idx.to(run.data.test_y.device)]],
                        f"{run.name}: reconstructions of test images ({score})")
 
 
-def plot_tsne(run, analysis):
+def plot_tsne(run, analysis, path):
     tsne, classes = analysis["tsne"], run.data.classes
     labels, per_class = np.array(tsne["labels"]), [c for c in tsne["per_class"] if c]
     fig, axes = panels(2, 5, 4.8)
@@ -206,8 +212,8 @@ def plot_tsne(run, analysis):
     what = "CLS token" if run.kind == "mae" else "mean of q(z|x)" if run.kind == "vae" else "latent code"
     # the real count: a small test set may hold fewer than --tsne-per-class images of a class
     count = f"{max(per_class)}" if min(per_class) == max(per_class) else f"{min(per_class)} to {max(per_class)}"
-    fig.suptitle(f"{run.name}: t-SNE of the {what}, {len(labels)} test images ({count} per class)")
-    return save(fig, figure_path(run, "tsne"))
+    return save(fig, path, f"{run.name}: t-SNE of the {what}, {len(labels)} test images ({count} "
+                "per class)")
 
 
 def jacobian_energy(model, x):
@@ -221,14 +227,14 @@ def jacobian_energy(model, x):
     return torch.stack([torch.func.jacrev(encode_one)(image).pow(2).sum(dim=(0, 1)) for image in x])  # (B, H, W)
 
 
-def plot_saliency(run, analysis):
+def plot_saliency(run, analysis, path):
     if run.kind not in AE_FAMILY:
         return None
     x = test_images(run, class_indices(run.data.test_y, N_IMAGES))
     energy = jacobian_energy(run.model, x).detach()
     low, high = energy.amin(dim=(1, 2), keepdim=True), energy.amax(dim=(1, 2), keepdim=True)
     saliency = (energy - low) / (high - low).clamp(min=1e-12)  # each map to [0, 1]
-    return grid_figure([list(x), list(heat_images(saliency))], figure_path(run, "saliency"), ["input", "saliency"],
+    return grid_figure([list(x), list(heat_images(saliency))], path, ["input", "saliency"],
                        title=f"{run.name}: saliency, sum over latent units of (d z / d pixel)^2",
                        heat_label="saliency (per image, 0-1)")
 
@@ -255,7 +261,7 @@ def cls_attention(model, x, mask_ratio=0.0, seed=0):
     return maps / maps.amax(dim=(2, 3), keepdim=True), mask
 
 
-def plot_attention(run, analysis, n=4):
+def plot_attention(run, analysis, path, n=4):
     """Each image twice: whole, and masked at the training ratio as in pretraining (DvM)."""
     if run.kind != "mae":
         return None
@@ -263,30 +269,27 @@ def plot_attention(run, analysis, n=4):
     ratio, rows = run.config["mask_ratio"], []
     for maps, mask in (cls_attention(run.model, x), cls_attention(run.model, x, ratio)):
         rows += [[image, *heat_images(image_maps)] for image, image_maps in zip(mark_hidden(x * (1 - mask), mask), maps)]
-    return grid_figure(rows, figure_path(run, "attention"), ["whole"] * n + ["masked"] * n,
+    return grid_figure(rows, path, ["whole"] * n + ["masked"] * n,
                        ["input"] + [f"head {h + 1}" for h in range(len(rows[0]) - 1)],
                        f"{run.name}: last-layer CLS attention per head, on the whole image and with {ratio:.0%} of "
                        "patches hidden (blue)", heat_label="attention / the map's largest", cell=1.3)
 
 
-def plot_weights(run, analysis):
+def plot_weights(run, analysis, path):
     """Every Linear / conv weight: no norm layers, no biases, no tokens (DvM)."""
     tensors = [(f"{name}.weight", m.weight.detach().float().cpu()) for name, m in run.model.named_modules()
                if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))]
-    fig, axes = panels(min(6, len(tensors)), 2.3, 1.7, n_rows=math.ceil(len(tensors) / 6))
+    fig, axes = panels(len(tensors), 2.3, 1.7, per_row=6)
     for ax, (name, w) in zip(axes, tensors):
         ax.hist(w.flatten().numpy(), bins=60, color="tab:blue")
         ax.set_title(f"{name}\n{'x'.join(map(str, w.shape))}", fontsize=7)
         ax.tick_params(labelsize=6)
         ax.set_yticks([])
-    for ax in axes[len(tensors):]:
-        ax.axis("off")
-    fig.suptitle(f"{run.name}: weight histograms per layer (no norm layers, no biases)")
-    return save(fig, figure_path(run, "weights"))
+    return save(fig, path, f"{run.name}: weight histograms per layer (no norm layers, no biases)")
 
 
 @torch.no_grad()
-def plot_interpolation(run, analysis, steps=10):
+def plot_interpolation(run, analysis, path, steps=10):
     labels, classes = run.data.test_y.cpu(), run.data.classes
     pairs = [(a, b) for a, b in INTERPOLATION_PAIRS if (labels == a).any() and (labels == b).any()]
     if not hasattr(run.model, "decode") or not pairs:
@@ -296,13 +299,13 @@ def plot_interpolation(run, analysis, steps=10):
         images = test_images(run, torch.stack([torch.nonzero(labels == c)[0, 0] for c in (a, b)]))
         z = run.model.encode(images)  # (2, D)
         rows.append([images[0], *run.model.decode((1 - t[:, None]) * z[0] + t[:, None] * z[1]), images[1]])
-    return grid_figure(rows, figure_path(run, "interpolation"), [f"{classes[a]}\nto {classes[b]}" for a, b in pairs],
+    return grid_figure(rows, path, [f"{classes[a]}\nto {classes[b]}" for a, b in pairs],
                        ["image A"] + [f"t={v:.2f}" for v in t.tolist()] + ["image B"],
                        title=f"{run.name}: decoded (1-t) z_A + t z_B between two test images")
 
 
 @torch.no_grad()
-def plot_arithmetic(run, analysis):
+def plot_arithmetic(run, analysis, path):
     # your own folder: the first three classes, a - b + c
     names, labels = ARITHMETIC.get(run.args["dataset"], tuple(run.data.classes[:3])), run.data.test_y.cpu()
     ids = [run.data.classes.index(name) for name in names]
@@ -312,22 +315,22 @@ def plot_arithmetic(run, analysis):
     means = [in_batches(run.model.encode, test_images(run, torch.nonzero(labels == c).flatten()[:1000])).mean(0)
              for c in ids]
     decoded = run.model.decode(torch.stack(means + [means[0] - means[1] + means[2]]))
-    return grid_figure([list(decoded)], figure_path(run, "arithmetic"),
+    return grid_figure([list(decoded)], path,
                        col_labels=[f"mean {name}" for name in names] + [f"{names[0]} - {names[1]}\n+ {names[2]}"],
                        title=f"{run.name}: class-mean latent arithmetic", cell=1.6)
 
 
 @torch.no_grad()
-def plot_vae_samples(run, analysis, n=8):
+def plot_vae_samples(run, analysis, path, n=8):
     if run.kind != "vae":
         return None
     torch.manual_seed(0)
     samples = run.model.sample(n * n)
-    return grid_figure([list(samples[i * n:(i + 1) * n]) for i in range(n)], figure_path(run, "vae_samples"),
+    return grid_figure([list(samples[i * n:(i + 1) * n]) for i in range(n)], path,
                        title=f"{run.name}: {n * n} samples, z ~ N(0, I) decoded", cell=0.8)
 
 
-def plot_error_heatmaps(run, analysis, n=6):
+def plot_error_heatmaps(run, analysis, path, n=6):
     if run.kind not in ("mcae", "mae"):
         return None
     x = test_images(run, class_indices(run.data.test_y, n))
@@ -344,7 +347,7 @@ def plot_error_heatmaps(run, analysis, n=6):
         score = scores[ratio]  # beside what leaving the holes black scores: high where they hit background
         labels += [f"ratio {ratio}: input\n(hidden: blue)", "reconstruction", f"squared error\nhidden PSNR "
                    f"{score['hidden_psnr']:.1f} dB\n(black fill {score['black_fill_hidden_psnr']:.1f} dB)"]
-    return grid_figure(rows, figure_path(run, "error_heatmaps"), labels,
+    return grid_figure(rows, path, labels,
                        title=f"{run.name}: per-pixel squared error at mask ratios {', '.join(map(str, MASK_RATIOS))}\n"
                              f"(PSNRs over the first {analysis['masking']['n_images']} test images)",
                        heat_max=heat_max, heat_label="squared error")
@@ -356,23 +359,19 @@ PER_RUN_FIGURES = {"reconstructions": plot_reconstructions, "tsne": plot_tsne, "
 
 
 # -----------------------------------------------------------------------------
-# figures comparing runs
+# figures comparing runs, plot_x(runs, analyses, path): the path written, or None
 
 
 def draw_per_epoch(groups, title, path):
     """One panel per group {ylabel: [(run, colour, [(log key, line style)])]}, a curve per run and key."""
-    fig, axes = panels(min(3, len(groups)), 5.5, n_rows=math.ceil(len(groups) / 3))  # at most 3 to a row
-    for ax in axes[len(groups):]:
-        ax.axis("off")
+    fig, axes = panels(len(groups), 5.5, per_row=3)
     for ax, (ylabel, members) in zip(axes, groups.items()):
         for run, colour, series in members:
             for i, (key, style) in enumerate(series):
                 ax.plot([e["epoch"] for e in run.log], [e[key] for e in run.log], color=colour, linestyle=style,
                         marker="o", markersize=3, label=None if i else run.name)
-        ax.set_ylabel(ylabel)
-        finish_axes(ax, epochs=True)
-    fig.suptitle(title)
-    return save(fig, path)
+        finish_axes(ax, epochs=True, ylabel=ylabel)
+    return save(fig, path, title)
 
 
 def plot_psnr_per_epoch(runs, analyses, path):
@@ -423,10 +422,8 @@ def plot_psnr_vs_noise(runs, analyses, path):
         axes[1].plot(*zip(*sorted(points)), marker="o", label=dataset)
         axes[1].set_title("each DAE at the noise it was trained with, whole test set")
     for ax in axes:
-        ax.set(xlabel="noise variance (std = sqrt(variance))", ylabel="PSNR (dB)", xticks=NOISE_VARIANCES)
-        finish_axes(ax)
-    fig.suptitle("denoising: reconstruction PSNR against input noise")
-    return save(fig, path)
+        finish_axes(ax, xlabel="noise variance (std = sqrt(variance))", ylabel="PSNR (dB)", xticks=NOISE_VARIANCES)
+    return save(fig, path, "denoising: reconstruction PSNR against input noise")
 
 
 def best_psnr_per_latent(analyses):
@@ -458,8 +455,7 @@ def plot_psnr_per_latent(runs, analyses, path):
     ax.set_xticks(sizes, [str(d) for d in sizes])
     ax.minorticks_off()
     finish_axes(ax)
-    fig.suptitle("MLP autoencoders: reconstruction against latent size")
-    return save(fig, path)
+    return save(fig, path, "MLP autoencoders: reconstruction against latent size")
 
 
 def plot_mask_ratios(runs, analyses, path):
@@ -479,10 +475,9 @@ def plot_mask_ratios(runs, analyses, path):
                     label=f"{a['name']} (trained at {a['config'].get('mask_ratio', 0):g})")
         ax.plot([s["mask_ratio"] for s in tested], [s["black_fill_hidden_psnr"] for s in tested], color="gray",
                 linestyle="--", label="holes left black")
-        ax.set(title=f"{dataset}, {mask_type} masks", xlabel="test mask ratio", ylabel="PSNR on hidden pixels (dB)")
-        finish_axes(ax)
-    fig.suptitle(f"MCAE runs trained at different mask ratios, first {a['masking']['n_images']} test images")
-    return save(fig, path)
+        finish_axes(ax, title=f"{dataset}, {mask_type} masks", xlabel="test mask ratio",
+                    ylabel="PSNR on hidden pixels (dB)")
+    return save(fig, path, f"MCAE runs trained at different mask ratios, first {a['masking']['n_images']} test images")
 
 
 @torch.no_grad()
@@ -511,7 +506,7 @@ def plot_three_levels(runs, analyses, path):
     levels = next((levels for levels in by_dataset.values() if len(levels) == 3), None)
     if levels is None:
         return None
-    fig, axes = panels(1, 1.5 + N_IMAGES, 2.4, n_rows=3)
+    fig, axes = panels(3, 1.5 + N_IMAGES, 2.4, per_row=1)
     for ax, (level, name) in zip(axes, [("identity", "1. identity"), ("pixel", "2. random pixels"),
                                         ("block", "3. blocks")]):
         run, config, results = levels[level], levels[level].config, levels[level].results
@@ -524,8 +519,7 @@ def plot_three_levels(runs, analyses, path):
             f"nothing hidden, test PSNR {fmt(results.get('psnr'), 1)} dB" if level == "identity" else
             f"{config['mask_ratio']:.0%} hidden in {level}s{size}, test PSNR {fmt(results.get('psnr_hidden'), 1)} "
             "dB on hidden pixels"))
-    fig.suptitle("three levels of reconstruction difficulty (MCAE)", fontweight="bold")
-    return save(fig, path)
+    return save(fig, path, "three levels of reconstruction difficulty (MCAE)", fontweight="bold")
 
 
 COMPARISON_FIGURES = {"psnr_per_epoch": plot_psnr_per_epoch, "loss_per_epoch": plot_loss_per_epoch,

@@ -106,10 +106,10 @@ def test_arithmetic_with_every_class_present(analysed, tmp_path, name):
     relabelled so every class is present, the figure is drawn."""
     run = analysed[1][name]
     labels = torch.arange(len(run.data.test_y)) % 10
-    relabelled = dataclasses.replace(run, path=str(tmp_path),
-                                     data=dataclasses.replace(run.data, test_y=labels))
-    assert figures.plot_arithmetic(relabelled, None) == str(tmp_path / "figures" / "arithmetic.png")
-    assert_real_image(tmp_path / "figures" / "arithmetic.png")
+    relabelled = dataclasses.replace(run, data=dataclasses.replace(run.data, test_y=labels))
+    path = str(tmp_path / "figures" / "arithmetic.png")
+    assert figures.plot_arithmetic(relabelled, None, path) == path
+    assert_real_image(path)
 
 
 def test_report_has_each_runs_numbers_and_links(analysed):
