@@ -7,8 +7,9 @@ MLP = the report on MLP denoising AEs (MNIST, Fashion-MNIST).
     python analyze.py out/ae-fashion-mnist out/dae-fashion-mnist out/mae-fashion-mnist
 
 Measure once, then draw: `measure` computes a run's numbers into a plain dict, saved as
-RUN_DIR/analysis.json; figures.py draws the figures from it (and from the runs' models and test images),
-and report.md is written from those dicts alone.
+RUN_DIR/analysis.json; figures.py draws the figures from it (and from the runs' models and test images,
+which inspection.py picks and runs through the models for both), and report.md is written from those
+dicts alone.
 
 Per run, in RUN_DIR/figures/:
     reconstructions.png   original / what the encoder saw / reconstruction        (DvM, C10, MLP)
@@ -48,8 +49,9 @@ import torch.nn.functional as F
 import metrics
 import train
 from data import Data, RunError, load_data, to_float
-from figures import (COMPARISON_FIGURES, MASK_RATIOS, NOISE_VARIANCES, PER_RUN_FIGURES, fmt, in_batches, is_masked,
-                     masked_reconstruction, rank_in_class, test_images)
+from figures import COMPARISON_FIGURES, PER_RUN_FIGURES, fmt
+from inspection import (MASK_RATIOS, NOISE_VARIANCES, in_batches, is_masked, masked_reconstruction, rank_in_class,
+                        test_images)
 
 N_MEASURE = 1000                              # test images behind the PSNR sweeps (fewer if the test set is)
 DEFAULT_NOISE_STD = 0.316                     # t-SNE of noisy inputs for models trained without noise: variance 0.1
@@ -113,7 +115,7 @@ def add_noise(x, std):
 
 # -----------------------------------------------------------------------------
 # measuring: a run's numbers into a plain dict, RUN_DIR/analysis.json. Inputs are corrupted here, by
-# arguments (MAE.forward's mask_ratio, mcae.random_mask in figures.masked_reconstruction, add_noise), never
+# arguments (MAE.forward's mask_ratio, mcae.random_mask in inspection.masked_reconstruction, add_noise), never
 # by changing a model's config.
 
 

@@ -1,13 +1,12 @@
 """
 Every figure analyze.py draws, from the dicts analyze.measure makes (RUN_DIR/analysis.json) and, for the
-figures that show images, from the runs' models and test images. analyze.py's docstring lists them all
-(python analyze.py --help).
+figures that show images, from the runs' models and test images (picked and run through the models by
+inspection.py). analyze.py's docstring lists the figures (python analyze.py --help).
 
-A per-run figure is plot_x(run, analysis) and a figure comparing runs plot_x(runs, analyses, path): each
-returns the path it wrote, or None where it does not apply (PER_RUN_FIGURES, COMPARISON_FIGURES). A run is
-analyze.Run: its model, config, log, results and data. analyze.py imports this module and not the other way
-round, so the few things that measuring and drawing both use (the study's constants, which test images to
-show, a masked reconstruction, fmt) are defined here.
+A per-run figure is plot_x(run, analysis, path), a figure comparing runs plot_x(runs, analyses, path):
+each returns the path it wrote, or None where it does not apply (PER_RUN_FIGURES, COMPARISON_FIGURES).
+A run is an analyze.Run (model, kind, config, args, log, results, data); this module does not import
+analyze.py, which imports it.
 """
 import math
 import os
@@ -19,21 +18,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from matplotlib.ticker import MaxNLocator
 from torchvision.utils import make_grid
 
 import metrics
-from data import to_float
-from mae import MAE, random_masking
-from mcae import random_mask
+from inspection import (MASK_RATIOS, NOISE_VARIANCES, class_indices, cls_attention, in_batches, is_masked,
+                        jacobian_energy, masked_reconstruction, test_images)
 
 plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "figure.titlesize": 11, "legend.fontsize": 8,
                      "axes.formatter.useoffset": False})  # flat curves: 9.5589, not "1e-5 + 9.5589"
 
 N_IMAGES = 8                                  # test images per image figure
-NOISE_VARIANCES = [0.01, 0.02, 0.05, 0.1]     # the MLP report's noise levels, as variances
-MASK_RATIOS = [0.1, 0.3, 0.5]                 # the CIFAR-10 assignment's MCAE mask ratios
 AE_FAMILY = ("ae", "dae", "vae", "mcae")      # encoders that saliency maps are drawn for
 # class-mean latent arithmetic a - b + c, by class name: the CIFAR-10 assignment's dog - cat + bird, and
 # one triple in the same spirit for the other datasets (what b lacks and a has, added to c)
@@ -42,54 +37,8 @@ ARITHMETIC = {"mnist": ("7", "1", "0"), "fashion-mnist": ("Ankle boot", "Sneaker
 INTERPOLATION_PAIRS = [(0, 1), (3, 5), (7, 9)]  # class indices of the image pairs to interpolate between
 
 
-# -----------------------------------------------------------------------------
-# test images and what a model makes of them: shared with analyze.py's measuring
-
-
-def rank_in_class(labels):
-    """For each test image, how many images of its class come before it: (N,) -> (N,)."""
-    onehot = F.one_hot(labels.cpu())
-    return (onehot.cumsum(0) * onehot).sum(1) - 1
-
-
-def class_indices(labels, n):
-    """Indices of n test images, one class after another (0, 1, 2, ..., 0, 1, ...): a row shows every class."""
-    labels = labels.cpu()
-    return torch.argsort(rank_in_class(labels) * (int(labels.max()) + 1) + labels)[:n]
-
-
-def test_images(run, idx):
-    """Test images idx (a tensor of indices, or a count: the first ones) as floats in [0, 1]: (n, C, H, W)."""
-    if isinstance(idx, int):
-        idx = torch.arange(min(idx, len(run.data.test_x)))
-    return to_float(run.data.test_x[idx.to(run.data.test_x.device)])
-
-
-@torch.no_grad()
-def in_batches(function, x, batch_size=500):
-    return torch.cat([function(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-
-
-def is_masked(kind, config):
-    """Masked models are scored on the hidden pixels: a whole-image PSNR counts the visible part too."""
-    return kind == "mae" or (kind == "mcae" and config["mask_ratio"] > 0)
-
-
-@torch.no_grad()
-def masked_reconstruction(model, x, mask_ratio, mask_type="block", block_size=8, seed=0):
-    """(input, reconstruction, mask) of the MAE or any conv/MLP AE at the mask setting given. The seed is
-    fixed, so two models given the same setting see the same masks. The MAE hides its own patches."""
-    torch.manual_seed(seed)
-    if isinstance(model, MAE):
-        _, out = model(x, mask_ratio=mask_ratio)
-        return out["input"], out["recon"], out["mask"]
-    block = block_size if mask_type == "block" else 1
-    mask = random_mask(len(x), x.shape[2], x.shape[3], block, mask_ratio, x.device).to(x.dtype)  # (B, 1, H, W)
-    inp = x * (1 - mask)
-    return inp, in_batches(lambda batch: model.decoder(model.encoder(batch)), inp), mask
-
-
 def fmt(value, digits=4):
+    """A number for a title or report.md's tables: "–" where there is none; digits None: 12,345."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{value:,}" if digits is None else f"{value:.{digits}f}"
@@ -111,7 +60,8 @@ def panels(n, width=6, height=4, per_row=None):
 
 
 def save(fig, path, title, **style):
-    """The figure with its title (style: fig.suptitle's options) to path as a PNG; closed, to free it."""
+    """The figure with its title (style: fig.suptitle's options) to path as a PNG, then closed: pyplot
+    keeps every open figure, and a run of the analysis draws dozens."""
     fig.suptitle(title, **style)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches="tight", pad_inches=0.1)  # tight: no label is ever cut off
@@ -216,17 +166,6 @@ def plot_tsne(run, analysis, path):
                 "per class)")
 
 
-def jacobian_energy(model, x):
-    """For each input pixel, how strongly it moves the latent code: sum over latent units d and channels c
-    of (dz_d / dx_{c,h,w})^2, the pixel's share of the squared Frobenius norm of the Jacobian dz/dx.
-    (B, C, H, W) -> (B, H, W). Each image's Jacobian whole by reverse mode (torch.func.jacrev): one
-    backward pass per latent unit, batched, so the memory is D copies of one image."""
-    def encode_one(image):  # (C, H, W) -> (D,)
-        return model.encode(image.unsqueeze(0)).squeeze(0)
-
-    return torch.stack([torch.func.jacrev(encode_one)(image).pow(2).sum(dim=(0, 1)) for image in x])  # (B, H, W)
-
-
 def plot_saliency(run, analysis, path):
     if run.kind not in AE_FAMILY:
         return None
@@ -237,28 +176,6 @@ def plot_saliency(run, analysis, path):
     return grid_figure([list(x), list(heat_images(saliency))], path, ["input", "saliency"],
                        title=f"{run.name}: saliency, sum over latent units of (d z / d pixel)^2",
                        heat_label="saliency (per image, 0-1)")
-
-
-@torch.no_grad()
-def cls_attention(model, x, mask_ratio=0.0, seed=0):
-    """Last-layer attention of the CLS token to each patch the encoder saw, per head, at pixel size and
-    scaled to each map's largest weight: -> (B, heads, H, W), and the mask (B, 1, H, W), 1 = hidden (no
-    weight). The CLS's weight on itself is left out. Mask ratio 0 gives the maps of MAE.attention_maps."""
-    B, _, H, W = x.shape
-    p = model.config.patch_size
-    torch.manual_seed(seed)
-    tokens, mask, ids_restore = random_masking(model.embed(x), mask_ratio)  # (B, len_keep, D), (B, L), (B, L)
-    h = model.with_cls(tokens)                                               # (B, 1 + len_keep, D)
-    for block in model.blocks[:-1]:
-        h = block(h)
-    _, attn = model.blocks[-1](h, return_attention=True)                     # (B, heads, 1 + keep, 1 + keep)
-    seen = attn[:, :, 0, 1:].float()                                         # (B, heads, len_keep): CLS's row
-    # the kept patches come first in shuffled order: zeros for the hidden ones, then unshuffle
-    weights = torch.cat([seen, seen.new_zeros(B, seen.shape[1], mask.shape[1] - seen.shape[2])], dim=2)
-    weights = torch.gather(weights, 2, ids_restore[:, None].expand(-1, seen.shape[1], -1))  # (B, heads, L)
-    maps, mask = (m.reshape(B, -1, H // p, W // p).repeat_interleave(p, 2).repeat_interleave(p, 3)
-                  for m in (weights, mask))                                  # a patch's weight on its p x p pixels
-    return maps / maps.amax(dim=(2, 3), keepdim=True), mask
 
 
 def plot_attention(run, analysis, path, n=4):

@@ -15,6 +15,7 @@ import torch.nn as nn
 
 import analyze
 import figures
+import inspection
 import metrics
 import train
 from ae import AE, AEConfig
@@ -159,7 +160,7 @@ def test_saliency_is_the_squared_jacobian_summed_over_latents_and_channels():
     torch.manual_seed(0)
     model = AE(AEConfig(in_channels=3, image_size=16, channels=(4, 8), latent_channels=2)).double().eval()
     x = torch.rand(2, 3, 16, 16, dtype=torch.float64)
-    energy = figures.jacobian_energy(model, x)  # (2, 16, 16)
+    energy = inspection.jacobian_energy(model, x)  # (2, 16, 16)
     assert energy.shape == (2, 16, 16)
     for i in range(2):
         # the explicit Jacobian, one image at a time: (D, C, H, W)
@@ -190,11 +191,11 @@ class Identity(nn.Module):
 
 def test_psnr_falls_as_noise_grows():
     x = torch.rand(64, 1, 28, 28)
-    recon, noisy = analyze.psnr_against_noise(Identity(), x, figures.NOISE_VARIANCES)
+    recon, noisy = analyze.psnr_against_noise(Identity(), x, inspection.NOISE_VARIANCES)
     assert recon == pytest.approx(noisy)
     assert all(a > b for a, b in zip(noisy, noisy[1:])), noisy
     # a real (untrained) autoencoder: one finite value per variance
-    recon, _ = analyze.psnr_against_noise(AE(AEConfig()).eval(), x, figures.NOISE_VARIANCES)
+    recon, _ = analyze.psnr_against_noise(AE(AEConfig()).eval(), x, inspection.NOISE_VARIANCES)
     assert len(recon) == 4 and all(torch.isfinite(torch.tensor(recon)))
 
 
@@ -228,8 +229,8 @@ class FrozenConfig:
 def test_masked_reconstruction_at_other_ratios_leaves_the_config_alone(model):
     x = torch.rand(8, 1, 28, 28)
     model.config = FrozenConfig(model.config)
-    for ratio in figures.MASK_RATIOS:
-        inp, recon, mask = figures.masked_reconstruction(model.eval(), x, ratio, mask_type="pixel")
+    for ratio in inspection.MASK_RATIOS:
+        inp, recon, mask = inspection.masked_reconstruction(model.eval(), x, ratio, mask_type="pixel")
         assert mask.mean().item() == pytest.approx(ratio, abs=0.08)
         assert torch.equal(inp, x * (1 - mask)) and recon.shape == x.shape
 
@@ -239,8 +240,8 @@ def test_same_masks_for_the_mcae_and_the_plain_ae():
     x = torch.rand(8, 1, 28, 28)
     mcae = MCAE(MCAEConfig(mask_type="block", mask_ratio=0.5)).eval()
     plain = AE(AEConfig()).eval()
-    inp_a, _, mask_a = figures.masked_reconstruction(mcae, x, 0.5, "block", 8)
-    inp_b, _, mask_b = figures.masked_reconstruction(plain, x, 0.5, "block", 8)
+    inp_a, _, mask_a = inspection.masked_reconstruction(mcae, x, 0.5, "block", 8)
+    inp_b, _, mask_b = inspection.masked_reconstruction(plain, x, 0.5, "block", 8)
     assert torch.equal(mask_a, mask_b) and torch.equal(inp_a, inp_b) and mask_a.any()
 
 
@@ -257,7 +258,7 @@ def test_report_compares_masked_filling_with_the_plain_ae(analysed):
 
 def test_images_are_picked_one_class_after_another():
     labels = torch.tensor([3, 1, 1, 0, 3, 2, 0, 2])
-    assert figures.class_indices(labels, 6).tolist() == [3, 1, 5, 0, 6, 2]
+    assert inspection.class_indices(labels, 6).tolist() == [3, 1, 5, 0, 6, 2]
     assert analyze.balanced_indices(labels, 1).tolist() == [3, 1, 5, 0]
 
 
@@ -354,7 +355,7 @@ def test_worked_example_is_psnr_and_ssim_of_the_first_image(analysed):
     for name in ("ae", "dae-cifar"):
         run, example = runs[name], analyses[name]["worked_example"]
         torch.manual_seed(0)
-        x = figures.test_images(run, 1)
+        x = inspection.test_images(run, 1)
         recon = run.model(x)[1]["recon"]
         assert example["mse"] == pytest.approx((recon - x).pow(2).mean().item(), rel=1e-5)
         assert example["psnr"] == pytest.approx(10 * math.log10(1 / example["mse"]))
@@ -366,10 +367,10 @@ def test_attention_on_the_whole_image_is_the_models_own_map():
     torch.manual_seed(0)
     model = MAE(MAEConfig(embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=1)).eval()
     x = torch.rand(3, 1, 28, 28)
-    maps, mask = figures.cls_attention(model, x)
+    maps, mask = inspection.cls_attention(model, x)
     own = model.attention_maps(x).repeat_interleave(4, 2).repeat_interleave(4, 3)  # (3, heads, 28, 28)
     assert not mask.any() and torch.allclose(maps, own / own.amax(dim=(2, 3), keepdim=True), atol=1e-5)
-    maps, mask = figures.cls_attention(model, x, mask_ratio=0.75)
+    maps, mask = inspection.cls_attention(model, x, mask_ratio=0.75)
     assert mask.mean().item() == pytest.approx(0.75, abs=0.05)
     assert (maps * mask).abs().max() == 0  # hidden patches: the encoder never saw them, no attention
 
