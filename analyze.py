@@ -53,7 +53,6 @@ from figures import COMPARISON_FIGURES, PER_RUN_FIGURES, fmt
 from inspection import (MASK_RATIOS, NOISE_VARIANCES, in_batches, is_masked, masked_reconstruction, rank_in_class,
                         test_images)
 
-N_MEASURE = 1000                              # test images behind the PSNR sweeps (fewer if the test set is)
 DEFAULT_NOISE_STD = 0.316                     # t-SNE of noisy inputs for models trained without noise: variance 0.1
 
 
@@ -123,7 +122,7 @@ def measure_masking(run):
     """PSNR over all pixels and over the hidden ones at the assignment's ratios (and the run's own), and the
     hidden PSNR of leaving the holes black: most hidden MNIST pixels are background, so that scores high.
     A masked run is tested with its own kind of mask; a plain AE with both, to set it beside any MCAE."""
-    config, x, rows = run.config, test_images(run, N_MEASURE), []
+    config, x, rows = run.config, test_images(run), []
     ratios = sorted(set(MASK_RATIOS) | {config.get("mask_ratio", 0.5)} - {0})
     kinds = ([(config.get("mask_type", "patch"), config.get("block_size", config.get("patch_size")))]
              if is_masked(run.kind, config) else [("pixel", 8), ("block", 8)])
@@ -219,7 +218,7 @@ def measure(run, tsne_per_class, tsne_iters):
                 "config": run.config, "epochs": run.log[-1]["epoch"] if run.log else run.args["epochs"], "results": run.results,
                 "tsne": measure_tsne(run, tsne_per_class, tsne_iters), "worked_example": measure_worked_example(run)}
     if run.kind in ("ae", "dae"):
-        x = test_images(run, N_MEASURE)
+        x = test_images(run)
         recon, noisy = psnr_against_noise(run.model, x, NOISE_VARIANCES)
         analysis["noise"] = {"n_images": len(x), "psnr": recon, "input_psnr": noisy,
                              "probe": probe_under_noise(run, NOISE_VARIANCES)}

@@ -11,7 +11,8 @@ from data import to_float
 from mae import MAE, random_masking
 from mcae import random_mask
 
-# the studies' settings, swept by analyze.measure and shown by the figures
+# how many test images analyze.measure uses, and the studies' settings it sweeps; the figures show the same
+N_MEASURE = 1000                              # test images behind the PSNR sweeps (fewer if the test set is)
 NOISE_VARIANCES = [0.01, 0.02, 0.05, 0.1]     # the MLP report's noise levels, as variances
 MASK_RATIOS = [0.1, 0.3, 0.5]                 # the CIFAR-10 assignment's MCAE mask ratios
 
@@ -32,7 +33,7 @@ def class_indices(labels, n):
     return torch.argsort(rank_in_class(labels) * (int(labels.max()) + 1) + labels)[:n]
 
 
-def test_images(run, idx):
+def test_images(run, idx=N_MEASURE):
     """Test images idx (a tensor of indices, or a count: the first ones) as floats in [0, 1]: (n, C, H, W)."""
     if isinstance(idx, int):
         idx = torch.arange(min(idx, len(run.data.test_x)))
