@@ -7,7 +7,9 @@ MLP = the report on MLP denoising AEs (MNIST, Fashion-MNIST).
     python analyze.py out/ae-fashion-mnist out/dae-fashion-mnist out/mae-fashion-mnist
 
 Measure once, then draw: `measure` computes a run's numbers into a plain dict, saved as
-RUN_DIR/analysis.json; the figures read it, and report.md is written from those dicts alone.
+RUN_DIR/analysis.json; figures.py draws the figures from it (and from the runs' models and test images,
+which inspection.py picks and runs through the models for both), and report.md is written from those
+dicts alone.
 
 Per run, in RUN_DIR/figures/:
     reconstructions.png   original / what the encoder saw / reconstruction        (DvM, C10, MLP)
@@ -39,39 +41,21 @@ import os
 import sys
 import time
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from matplotlib.ticker import MaxNLocator
-from torchvision.utils import make_grid
 
-import metrics
 import evaluate
 import loop
+import metrics
 import train
 from data import Data, RunError, load_data, to_float
-from mae import MAE, random_masking
-from mcae import random_mask
+from figures import COMPARISON_FIGURES, PER_RUN_FIGURES, fmt
+from inspection import (MASK_RATIOS, NOISE_VARIANCES, in_batches, is_masked, masked_reconstruction, rank_in_class,
+                        test_images)
 
-plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "figure.titlesize": 11, "legend.fontsize": 8,
-                     "axes.formatter.useoffset": False})  # flat curves: 9.5589, not "1e-5 + 9.5589"
-
-N_IMAGES = 8                                  # test images per image figure
-N_MEASURE = 1000                              # test images behind the PSNR sweeps (fewer if the test set is)
-NOISE_VARIANCES = [0.01, 0.02, 0.05, 0.1]     # the MLP report's noise levels, as variances
-MASK_RATIOS = [0.1, 0.3, 0.5]                 # the CIFAR-10 assignment's MCAE mask ratios
 DEFAULT_NOISE_STD = 0.316                     # t-SNE of noisy inputs for models trained without noise: variance 0.1
-AE_FAMILY = ("ae", "dae", "vae", "mcae")      # encoders that saliency maps are drawn for
-# class-mean latent arithmetic a - b + c, by class name: the CIFAR-10 assignment's dog - cat + bird, and
-# one triple in the same spirit for the other datasets (what b lacks and a has, added to c)
-ARITHMETIC = {"mnist": ("7", "1", "0"), "fashion-mnist": ("Ankle boot", "Sneaker", "Sandal"),
-              "cifar10": ("dog", "cat", "bird"), "cifar10-jitter": ("dog", "cat", "bird")}
-INTERPOLATION_PAIRS = [(0, 1), (3, 5), (7, 9)]  # class indices of the image pairs to interpolate between
 
 
 class AnalyzeError(Exception):
@@ -120,62 +104,20 @@ def load_runs(run_dirs, device, data_dir=None):
     return runs
 
 
-def rank_in_class(labels):
-    """For each test image, how many images of its class come before it: (N,) -> (N,)."""
-    onehot = F.one_hot(labels.cpu())
-    return (onehot.cumsum(0) * onehot).sum(1) - 1
-
-
-def class_indices(labels, n):
-    """Indices of n test images, one class after another (0, 1, 2, ..., 0, 1, ...): a row shows every class."""
-    labels = labels.cpu()
-    return torch.argsort(rank_in_class(labels) * (int(labels.max()) + 1) + labels)[:n]
-
-
 def balanced_indices(labels, per_class):
     """The first per_class test images of every class (fewer where a class has fewer), class by class."""
     first = torch.nonzero(rank_in_class(labels) < per_class).flatten()
     return first[torch.argsort(labels.cpu()[first], stable=True)]
 
 
-def test_images(run, idx=N_MEASURE):
-    """Test images idx (a tensor of indices, or a count: the first ones) as floats in [0, 1]: (n, C, H, W)."""
-    if isinstance(idx, int):
-        idx = torch.arange(min(idx, len(run.data.test_x)))
-    return to_float(run.data.test_x[idx.to(run.data.test_x.device)])
-
-
 def add_noise(x, std):
     return (x + std * torch.randn_like(x)).clamp(0, 1)  # clipped, as dae.py: still an image
 
 
-@torch.no_grad()
-def in_batches(function, x, batch_size=500):
-    return torch.cat([function(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-
-
-def is_masked(kind, config):
-    """Masked models are scored on the hidden pixels: a whole-image PSNR counts the visible part too."""
-    return kind == "mae" or (kind == "mcae" and config["mask_ratio"] > 0)
-
-
 # -----------------------------------------------------------------------------
 # measuring: a run's numbers into a plain dict, RUN_DIR/analysis.json. Inputs are corrupted here, by
-# arguments (MAE.forward's mask_ratio, mcae.random_mask, add_noise), never by changing a model's config.
-
-
-@torch.no_grad()
-def masked_reconstruction(model, x, mask_ratio, mask_type="block", block_size=8, seed=0):
-    """(input, reconstruction, mask) of the MAE or any conv/MLP AE at the mask setting given. The seed is
-    fixed, so two models given the same setting see the same masks. The MAE hides its own patches."""
-    torch.manual_seed(seed)
-    if isinstance(model, MAE):
-        _, out = model(x, mask_ratio=mask_ratio)
-        return out["input"], out["recon"], out["mask"]
-    block = block_size if mask_type == "block" else 1
-    mask = random_mask(len(x), x.shape[2], x.shape[3], block, mask_ratio, x.device).to(x.dtype)  # (B, 1, H, W)
-    inp = x * (1 - mask)
-    return inp, in_batches(lambda batch: model.decoder(model.encoder(batch)), inp), mask
+# arguments (MAE.forward's mask_ratio, mcae.random_mask in inspection.masked_reconstruction, add_noise), never
+# by changing a model's config.
 
 
 def measure_masking(run):
@@ -288,452 +230,7 @@ def measure(run, tsne_per_class, tsne_iters):
 
 
 # -----------------------------------------------------------------------------
-# drawing helpers
-
-
-def panels(n_cols, width=6, height=4, n_rows=1):
-    fig = plt.figure(figsize=(width * n_cols, height * n_rows), layout="constrained")
-    return fig, np.atleast_1d(fig.subplots(n_rows, n_cols)).ravel()
-
-
-def save(fig, path):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight", pad_inches=0.1)  # tight: no label is ever cut off
-    plt.close(fig)
-    print(f"wrote {path}")
-    return path
-
-
-HEAT_CMAP = plt.get_cmap("inferno")
-HIDDEN_COLOUR = (0.2, 0.4, 0.8)  # hidden pixels of masked inputs
-
-
-def heat_images(heat, heat_max=1.0):
-    """Heatmaps (B, H, W) -> (B, 3, H, W) colours of HEAT_CMAP over 0 .. heat_max. Drawn on their own, not
-    blended over the image, where bright strokes would look hot whatever the map says."""
-    colours = HEAT_CMAP(np.clip(heat.detach().float().cpu().numpy() / heat_max, 0, 1))[..., :3]
-    return torch.from_numpy(colours).permute(0, 3, 1, 2).float()
-
-
-def mark_hidden(images, mask):
-    """Masked inputs (B, C, H, W) with their hidden pixels (mask (B, 1, H, W) = 1) painted HIDDEN_COLOUR:
-    the encoder saw zeros there, but black holes vanish into a black background. -> (B, 3, H, W)"""
-    colour = torch.tensor(HIDDEN_COLOUR, device=images.device).view(1, 3, 1, 1)
-    return images.expand(-1, 3, -1, -1) * (1 - mask) + colour * mask
-
-
-def draw_grid(ax, rows, row_labels=(), col_labels=(), pad=2):
-    """Rows of images (C, H, W) in [0, 1] as one mosaic with white gaps (make_grid) on one axes. The labels
-    are the axes' tick labels, so the figure's layout makes room for them."""
-    cells = [cell.detach().float().cpu().clamp(0, 1).expand(3, -1, -1) for row in rows for cell in row]
-    ax.imshow(make_grid(cells, nrow=len(rows[0]), padding=pad, pad_value=1).permute(1, 2, 0).numpy())
-    h, w = cells[0].shape[1:]
-    ax.set_xticks([pad + j * (w + pad) + (w - 1) / 2 for j in range(len(col_labels))], col_labels)
-    ax.set_yticks([pad + i * (h + pad) + (h - 1) / 2 for i in range(len(row_labels))], row_labels)
-    ax.xaxis.tick_top()
-    ax.tick_params(length=0)
-    ax.spines[:].set_visible(False)
-
-
-def grid_figure(rows, path, row_labels=(), col_labels=(), title="", heat_max=1.0, heat_label=None, cell=1.0):
-    """A figure of one grid (draw_grid) with its title and, for heatmaps, a colour bar; saved to path."""
-    fig, (ax,) = panels(1, (1.3 if row_labels else 0.2) + (1.0 if heat_label else 0) + cell * len(rows[0]),
-                        0.5 + cell * len(rows) + (0.35 if col_labels else 0))
-    draw_grid(ax, rows, row_labels, col_labels)
-    if heat_label:
-        bar = plt.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0, heat_max), cmap=HEAT_CMAP)
-        fig.colorbar(bar, ax=ax, label=heat_label, shrink=0.8, aspect=30)
-    fig.suptitle(title)
-    return save(fig, path)
-
-
-def finish_axes(ax, epochs=False):
-    """A grid, whole epochs on the x axis, and the legend to the right, where it cannot hide a curve."""
-    if epochs:
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
-
-
-# -----------------------------------------------------------------------------
-# per-run figures: each returns the path written, or None when the figure does not apply to the run
-
-
-def figure_path(run, name):
-    return os.path.join(run.path, "figures", f"{name}.png")
-
-
-@torch.no_grad()
-def plot_reconstructions(run, analysis):
-    idx = class_indices(run.data.test_y, N_IMAGES)
-    x = test_images(run, idx)
-    torch.manual_seed(0)  # the same noise / masks every time the figure is drawn
-    _, out = run.model(x)
-    rows, labels, score = [list(x)], ["original"], f"PSNR {metrics.psnr(out['recon'], x).mean():.1f} dB"
-    if "mask" in out and out["mask"].any():  # a ratio-0 MCAE hides nothing: no row for it
-        rows, labels = rows + [list(mark_hidden(out["input"], out["mask"]))], labels + ["masked input\n(hidden: blue)"]
-        score = f"PSNR on hidden pixels {torch.nanmean(metrics.hidden_psnr(out['recon'], x, out['mask'])):.1f} dB"
-    elif "mask" not in out and not torch.equal(out["input"], x):  # AE and VAE see the image itself: no row
-        rows, labels = rows + [list(out["input"])], labels + ["noisy input"]
-    return grid_figure(rows + [list(out["recon"])], figure_path(run, "reconstructions"), labels + ["reconstruction"],
-                       [run.data.classes[y] for y in run.data.test_y[idx.to(run.data.test_y.device)]],
-                       f"{run.name}: reconstructions of test images ({score})")
-
-
-def plot_tsne(run, analysis):
-    tsne, classes = analysis["tsne"], run.data.classes
-    labels, per_class = np.array(tsne["labels"]), [c for c in tsne["per_class"] if c]
-    fig, axes = panels(2, 5, 4.8)
-    for ax, name in zip(axes, ("clean", "noisy")):
-        embedding = np.array(tsne[name]["embedding"])
-        for c, class_name in enumerate(classes):
-            ax.scatter(*embedding[labels == c].T, s=5, color=plt.cm.tab10(c % 10), label=class_name, alpha=0.8,
-                       linewidths=0)
-        noise = f" (noise std {tsne['noise_std']:.2f})" if name == "noisy" else ""
-        ax.set(title=f"{name} test images{noise}\nsilhouette {tsne[name]['latent']['silhouette']:.2f} in the "
-               "latent space", xlabel="t-SNE 1", ylabel="t-SNE 2", xticks=[], yticks=[])
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right center", markerscale=3, title="class")
-    what = "CLS token" if run.kind == "mae" else "mean of q(z|x)" if run.kind == "vae" else "latent code"
-    # the real count: a small test set may hold fewer than --tsne-per-class images of a class
-    count = f"{max(per_class)}" if min(per_class) == max(per_class) else f"{min(per_class)} to {max(per_class)}"
-    fig.suptitle(f"{run.name}: t-SNE of the {what}, {len(labels)} test images ({count} per class)")
-    return save(fig, figure_path(run, "tsne"))
-
-
-def jacobian_energy(model, x):
-    """For each input pixel, how strongly it moves the latent code: sum over latent units d and channels c
-    of (dz_d / dx_{c,h,w})^2, the pixel's share of the squared Frobenius norm of the Jacobian dz/dx.
-    (B, C, H, W) -> (B, H, W). Each image's Jacobian whole by reverse mode (torch.func.jacrev): one
-    backward pass per latent unit, batched, so the memory is D copies of one image."""
-    def encode_one(image):  # (C, H, W) -> (D,)
-        return model.encode(image.unsqueeze(0)).squeeze(0)
-
-    return torch.stack([torch.func.jacrev(encode_one)(image).pow(2).sum(dim=(0, 1)) for image in x])  # (B, H, W)
-
-
-def plot_saliency(run, analysis):
-    if run.kind not in AE_FAMILY:
-        return None
-    x = test_images(run, class_indices(run.data.test_y, N_IMAGES))
-    energy = jacobian_energy(run.model, x).detach()
-    low, high = energy.amin(dim=(1, 2), keepdim=True), energy.amax(dim=(1, 2), keepdim=True)
-    saliency = (energy - low) / (high - low).clamp(min=1e-12)  # each map to [0, 1]
-    return grid_figure([list(x), list(heat_images(saliency))], figure_path(run, "saliency"), ["input", "saliency"],
-                       title=f"{run.name}: saliency, sum over latent units of (d z / d pixel)^2",
-                       heat_label="saliency (per image, 0-1)")
-
-
-@torch.no_grad()
-def cls_attention(model, x, mask_ratio=0.0, seed=0):
-    """Last-layer attention of the CLS token to each patch the encoder saw, per head, at pixel size and
-    scaled to each map's largest weight: -> (B, heads, H, W), and the mask (B, 1, H, W), 1 = hidden (no
-    weight). The CLS's weight on itself is left out. Mask ratio 0 gives the maps of MAE.attention_maps."""
-    B, _, H, W = x.shape
-    p = model.config.patch_size
-    torch.manual_seed(seed)
-    tokens, mask, ids_restore = random_masking(model.embed(x), mask_ratio)  # (B, len_keep, D), (B, L), (B, L)
-    h = model.with_cls(tokens)                                               # (B, 1 + len_keep, D)
-    for block in model.blocks[:-1]:
-        h = block(h)
-    _, attn = model.blocks[-1](h, return_attention=True)                     # (B, heads, 1 + keep, 1 + keep)
-    seen = attn[:, :, 0, 1:].float()                                         # (B, heads, len_keep): CLS's row
-    # the kept patches come first in shuffled order: zeros for the hidden ones, then unshuffle
-    weights = torch.cat([seen, seen.new_zeros(B, seen.shape[1], mask.shape[1] - seen.shape[2])], dim=2)
-    weights = torch.gather(weights, 2, ids_restore[:, None].expand(-1, seen.shape[1], -1))  # (B, heads, L)
-    maps, mask = (m.reshape(B, -1, H // p, W // p).repeat_interleave(p, 2).repeat_interleave(p, 3)
-                  for m in (weights, mask))                                  # a patch's weight on its p x p pixels
-    return maps / maps.amax(dim=(2, 3), keepdim=True), mask
-
-
-def plot_attention(run, analysis, n=4):
-    """Each image twice: whole, and masked at the training ratio as in pretraining (DvM)."""
-    if run.kind != "mae":
-        return None
-    x = test_images(run, class_indices(run.data.test_y, n))
-    ratio, rows = run.config["mask_ratio"], []
-    for maps, mask in (cls_attention(run.model, x), cls_attention(run.model, x, ratio)):
-        rows += [[image, *heat_images(image_maps)] for image, image_maps in zip(mark_hidden(x * (1 - mask), mask), maps)]
-    return grid_figure(rows, figure_path(run, "attention"), ["whole"] * n + ["masked"] * n,
-                       ["input"] + [f"head {h + 1}" for h in range(len(rows[0]) - 1)],
-                       f"{run.name}: last-layer CLS attention per head, on the whole image and with {ratio:.0%} of "
-                       "patches hidden (blue)", heat_label="attention / the map's largest", cell=1.3)
-
-
-def plot_weights(run, analysis):
-    """Every Linear / conv weight: no norm layers, no biases, no tokens (DvM)."""
-    tensors = [(f"{name}.weight", m.weight.detach().float().cpu()) for name, m in run.model.named_modules()
-               if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))]
-    fig, axes = panels(min(6, len(tensors)), 2.3, 1.7, n_rows=math.ceil(len(tensors) / 6))
-    for ax, (name, w) in zip(axes, tensors):
-        ax.hist(w.flatten().numpy(), bins=60, color="tab:blue")
-        ax.set_title(f"{name}\n{'x'.join(map(str, w.shape))}", fontsize=7)
-        ax.tick_params(labelsize=6)
-        ax.set_yticks([])
-    for ax in axes[len(tensors):]:
-        ax.axis("off")
-    fig.suptitle(f"{run.name}: weight histograms per layer (no norm layers, no biases)")
-    return save(fig, figure_path(run, "weights"))
-
-
-@torch.no_grad()
-def plot_interpolation(run, analysis, steps=10):
-    labels, classes = run.data.test_y.cpu(), run.data.classes
-    pairs = [(a, b) for a, b in INTERPOLATION_PAIRS if (labels == a).any() and (labels == b).any()]
-    if not hasattr(run.model, "decode") or not pairs:
-        return None
-    rows, t = [], torch.linspace(0, 1, steps)
-    for a, b in pairs:
-        images = test_images(run, torch.stack([torch.nonzero(labels == c)[0, 0] for c in (a, b)]))
-        z = run.model.encode(images)  # (2, D)
-        rows.append([images[0], *run.model.decode((1 - t[:, None]) * z[0] + t[:, None] * z[1]), images[1]])
-    return grid_figure(rows, figure_path(run, "interpolation"), [f"{classes[a]}\nto {classes[b]}" for a, b in pairs],
-                       ["image A"] + [f"t={v:.2f}" for v in t.tolist()] + ["image B"],
-                       title=f"{run.name}: decoded (1-t) z_A + t z_B between two test images")
-
-
-@torch.no_grad()
-def plot_arithmetic(run, analysis):
-    # your own folder: the first three classes, a - b + c
-    names, labels = ARITHMETIC.get(run.args["dataset"], tuple(run.data.classes[:3])), run.data.test_y.cpu()
-    ids = [run.data.classes.index(name) for name in names]
-    if not hasattr(run.model, "decode") or len(ids) < 3 or not all((labels == c).any() for c in ids):
-        return None
-    # class means of the latents of (at most) the first 1000 test images of each class
-    means = [in_batches(run.model.encode, test_images(run, torch.nonzero(labels == c).flatten()[:1000])).mean(0)
-             for c in ids]
-    decoded = run.model.decode(torch.stack(means + [means[0] - means[1] + means[2]]))
-    return grid_figure([list(decoded)], figure_path(run, "arithmetic"),
-                       col_labels=[f"mean {name}" for name in names] + [f"{names[0]} - {names[1]}\n+ {names[2]}"],
-                       title=f"{run.name}: class-mean latent arithmetic", cell=1.6)
-
-
-@torch.no_grad()
-def plot_vae_samples(run, analysis, n=8):
-    if run.kind != "vae":
-        return None
-    torch.manual_seed(0)
-    samples = run.model.sample(n * n)
-    return grid_figure([list(samples[i * n:(i + 1) * n]) for i in range(n)], figure_path(run, "vae_samples"),
-                       title=f"{run.name}: {n * n} samples, z ~ N(0, I) decoded", cell=0.8)
-
-
-def plot_error_heatmaps(run, analysis, n=6):
-    if run.kind not in ("mcae", "mae"):
-        return None
-    x = test_images(run, class_indices(run.data.test_y, n))
-    # the run's own kind of mask, as measure_masking (a ratio-0 MCAE: its 8x8 blocks)
-    setting = analysis["masking"]["settings"][-1]
-    scores = {s["mask_ratio"]: s for s in analysis["masking"]["settings"] if s["mask_type"] == setting["mask_type"]}
-    shown = [masked_reconstruction(run.model, x, ratio, setting["mask_type"], setting["block_size"])
-             for ratio in MASK_RATIOS]
-    errors = [(recon - x).pow(2).mean(1) for _, recon, _ in shown]  # (n, H, W), averaged over channels
-    heat_max = max(torch.stack(errors).quantile(0.995).item(), 1e-3)  # a few outliers should not wash out the rest
-    rows, labels = [], []
-    for ratio, (inp, recon, mask), error in zip(MASK_RATIOS, shown, errors):
-        rows += [list(mark_hidden(inp, mask)), list(recon), list(heat_images(error, heat_max))]
-        score = scores[ratio]  # beside what leaving the holes black scores: high where they hit background
-        labels += [f"ratio {ratio}: input\n(hidden: blue)", "reconstruction", f"squared error\nhidden PSNR "
-                   f"{score['hidden_psnr']:.1f} dB\n(black fill {score['black_fill_hidden_psnr']:.1f} dB)"]
-    return grid_figure(rows, figure_path(run, "error_heatmaps"), labels,
-                       title=f"{run.name}: per-pixel squared error at mask ratios {', '.join(map(str, MASK_RATIOS))}\n"
-                             f"(PSNRs over the first {analysis['masking']['n_images']} test images)",
-                       heat_max=heat_max, heat_label="squared error")
-
-
-PER_RUN_FIGURES = {"reconstructions": plot_reconstructions, "tsne": plot_tsne, "saliency": plot_saliency,
-                   "attention": plot_attention, "weights": plot_weights, "interpolation": plot_interpolation,
-                   "arithmetic": plot_arithmetic, "vae_samples": plot_vae_samples, "error_heatmaps": plot_error_heatmaps}
-
-
-# -----------------------------------------------------------------------------
-# figures comparing runs
-
-
-def draw_per_epoch(groups, title, path):
-    """One panel per group {ylabel: [(run, colour, [(log key, line style)])]}, a curve per run and key."""
-    fig, axes = panels(min(3, len(groups)), 5.5, n_rows=math.ceil(len(groups) / 3))  # at most 3 to a row
-    for ax in axes[len(groups):]:
-        ax.axis("off")
-    for ax, (ylabel, members) in zip(axes, groups.items()):
-        for run, colour, series in members:
-            for i, (key, style) in enumerate(series):
-                ax.plot([e["epoch"] for e in run.log], [e[key] for e in run.log], color=colour, linestyle=style,
-                        marker="o", markersize=3, label=None if i else run.name)
-        ax.set_ylabel(ylabel)
-        finish_axes(ax, epochs=True)
-    fig.suptitle(title)
-    return save(fig, path)
-
-
-def plot_psnr_per_epoch(runs, analyses, path):
-    """A panel per dataset, masked models apart: their whole-image PSNR counts the pixels they were shown."""
-    groups = {}
-    for i, (run, a) in enumerate((run, a) for run, a in zip(runs, analyses) if run.log):
-        ylabel, key = f"{a['dataset']}: test PSNR (dB), whole image", "psnr"
-        if is_masked(a["kind"], a["config"]):  # hidden pixels alone, where the log has them
-            key = "psnr_hidden" if "psnr_hidden" in run.log[0] else "psnr"
-            ylabel = (f"{a['dataset']}: test PSNR (dB) of masked models, " +
-                      ("hidden pixels" if key == "psnr_hidden" else "whole image\n(MAE: the visible patches copied)"))
-        groups.setdefault(ylabel, []).append((run, f"C{i % 10}", [(key, "-")]))
-    return draw_per_epoch(groups, "test PSNR per epoch", path) if groups else None
-
-
-def plot_loss_per_epoch(runs, analyses, path):
-    """A panel per kind of loss: a VAE's nats per image and an AE's MSE per pixel differ by orders of
-    magnitude. The VAE's two terms get panels of their own (C10)."""
-    groups = {}
-    for i, run in enumerate(run for run in runs if run.log):
-        loss = ("negative ELBO (nats / image)" if run.kind == "vae" else "MSE on hidden pixels"
-                if run.kind == "mae" or run.config.get("loss_on") == "masked" else "MSE per pixel")
-        terms = [("VAE: KL divergence (nats / image)", "kl"), ("VAE: -log p(x|z) (nats / image)", "recon_loss")]
-        for ylabel, train_key, test_key in [(loss, "train_loss", "test_loss")] + [
-                (ylabel, key, f"test_{key}") for ylabel, key in terms if key in run.log[0]]:
-            groups.setdefault(ylabel, []).append((run, f"C{i % 10}", [(train_key, "-"), (test_key, "--")]))
-    return draw_per_epoch(groups, "loss per epoch: train (solid) and test (dashed)", path) if groups else None
-
-
-def plot_psnr_vs_noise(runs, analyses, path):
-    """Left: every AE and DAE at each test noise variance. Right, with one run per training variance: each
-    DAE at the variance it was trained with (the MLP report's PSNR against noise variance)."""
-    tested = [a for a in analyses if "noise" in a]
-    trained = {}
-    for a in tested:
-        if a["kind"] == "dae" and "psnr" in a["results"]:
-            trained.setdefault(a["dataset"], []).append((a["config"]["noise_std"] ** 2, a["results"]["psnr"]))
-    if not tested:
-        return None
-    fig, axes = panels(1 + bool(trained))
-    for a in tested:
-        axes[0].plot(NOISE_VARIANCES, a["noise"]["psnr"], marker="o", label=a["name"])
-    for dataset, style in zip(dict.fromkeys(a["dataset"] for a in tested), ["--", ":", "-.", (0, (5, 1, 1, 1))]):
-        axes[0].plot(NOISE_VARIANCES, next(a for a in tested if a["dataset"] == dataset)["noise"]["input_psnr"],
-                     linestyle=style, color="gray", marker=".", label=f"noisy input ({dataset})")  # to beat
-    axes[0].set_title(f"each run at every test noise, first {tested[0]['noise']['n_images']} test images")
-    for dataset, points in trained.items():
-        axes[1].plot(*zip(*sorted(points)), marker="o", label=dataset)
-        axes[1].set_title("each DAE at the noise it was trained with, whole test set")
-    for ax in axes:
-        ax.set(xlabel="noise variance (std = sqrt(variance))", ylabel="PSNR (dB)", xticks=NOISE_VARIANCES)
-        finish_axes(ax)
-    fig.suptitle("denoising: reconstruction PSNR against input noise")
-    return save(fig, path)
-
-
-def best_psnr_per_latent(analyses):
-    """MLP AEs and DAEs: {'<dataset>, noise std <s>': {latent size: (best test PSNR, its L1 weight)}}."""
-    best = {}
-    for a in analyses:
-        if a["kind"] in ("ae", "dae") and a["config"]["arch"] == "mlp" and "psnr" in a["results"]:
-            line = f"{a['dataset']}, noise std {a['config'].get('noise_std', 0):g}"
-            point = best.setdefault(line, {}).get(a["config"]["latent_dim"])
-            if point is None or a["results"]["psnr"] > point[0]:
-                best[line][a["config"]["latent_dim"]] = (a["results"]["psnr"], a["config"]["l1"])
-    return best
-
-
-def plot_psnr_per_latent(runs, analyses, path):
-    """The best test PSNR at each latent size over the L1 settings tried, one line per dataset and input
-    noise, each point labelled with the L1 weight that won (the MLP report's figure 2)."""
-    best = best_psnr_per_latent(analyses)
-    if not any(len(points) > 1 for points in best.values()):
-        return None  # one latent size: nothing to compare
-    fig, (ax,) = panels(1, 7)
-    for line, points in best.items():
-        sizes = sorted(points)
-        ax.plot(sizes, [points[d][0] for d in sizes], marker="o", label=line)
-        for d in sizes:
-            ax.annotate(f"L1 {points[d][1]:g}", (d, points[d][0]), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    sizes = sorted({d for points in best.values() for d in points})
-    ax.set(xscale="log", xlabel="latent size", ylabel="best test PSNR (dB) over L1 settings")
-    ax.set_xticks(sizes, [str(d) for d in sizes])
-    ax.minorticks_off()
-    finish_axes(ax)
-    fig.suptitle("MLP autoencoders: reconstruction against latent size")
-    return save(fig, path)
-
-
-def plot_mask_ratios(runs, analyses, path):
-    """MCAE runs trained at different mask ratios (the plain AE: at 0), tested at the assignment's ratios,
-    beside leaving the holes black: a panel per dataset and kind of mask (C10)."""
-    groups = {(a["dataset"], a["config"]["mask_type"]): [] for a in analyses
-              if a["kind"] == "mcae" and a["config"]["mask_ratio"] > 0}
-    for (dataset, mask_type), members in groups.items():
-        members += [(a, [s for s in a["masking"]["settings"] if s["mask_type"] == mask_type]) for a in analyses
-                    if a["dataset"] == dataset and a["kind"] in ("ae", "mcae")]
-    if not groups:
-        return None
-    fig, axes = panels(len(groups), 6.5)
-    for ax, ((dataset, mask_type), members) in zip(axes, groups.items()):
-        for a, tested in sorted((m for m in members if m[1]), key=lambda m: m[0]["config"].get("mask_ratio", 0)):
-            ax.plot([s["mask_ratio"] for s in tested], [s["hidden_psnr"] for s in tested], marker="o",
-                    label=f"{a['name']} (trained at {a['config'].get('mask_ratio', 0):g})")
-        ax.plot([s["mask_ratio"] for s in tested], [s["black_fill_hidden_psnr"] for s in tested], color="gray",
-                linestyle="--", label="holes left black")
-        ax.set(title=f"{dataset}, {mask_type} masks", xlabel="test mask ratio", ylabel="PSNR on hidden pixels (dB)")
-        finish_axes(ax)
-    fig.suptitle(f"MCAE runs trained at different mask ratios, first {a['masking']['n_images']} test images")
-    return save(fig, path)
-
-
-@torch.no_grad()
-def plot_vae_vs_ae(runs, analyses, path):
-    for vae in (run for run in runs if run.kind == "vae"):
-        # an AE run, or an MCAE run with nothing masked (the same model)
-        ae = next((run for run in runs if run.args["dataset"] == vae.args["dataset"] and (
-            run.kind == "ae" or (run.kind == "mcae" and run.config["mask_ratio"] == 0))), None)
-        if ae is not None:
-            x = test_images(vae, class_indices(vae.data.test_y, N_IMAGES))
-            recons = [vae.model(x)[1]["recon"], ae.model(x)[1]["recon"]]
-            labels = [f"{what} ({run.name})\nPSNR {metrics.psnr(recon, x).mean():.1f} dB"
-                      for what, run, recon in zip(("VAE", "AE"), (vae, ae), recons)]
-            return grid_figure([list(x)] + [list(r) for r in recons], path, ["original"] + labels,
-                               title="VAE against AE reconstructions of the same test images")
-    return None
-
-
-def plot_three_levels(runs, analyses, path):
-    """The masking tutorial's three levels from MCAE runs of one dataset: nothing hidden, random pixels,
-    blocks (of several runs of a level, the most masked: the tutorial's ratio 0.5)."""
-    by_dataset = {}
-    for run in sorted((run for run in runs if run.kind == "mcae"), key=lambda run: run.config["mask_ratio"]):
-        level = "identity" if run.config["mask_ratio"] == 0 else run.config["mask_type"]
-        by_dataset.setdefault(run.args["dataset"], {})[level] = run
-    levels = next((levels for levels in by_dataset.values() if len(levels) == 3), None)
-    if levels is None:
-        return None
-    fig, axes = panels(1, 1.5 + N_IMAGES, 2.4, n_rows=3)
-    for ax, (level, name) in zip(axes, [("identity", "1. identity"), ("pixel", "2. random pixels"),
-                                        ("block", "3. blocks")]):
-        run, config, results = levels[level], levels[level].config, levels[level].results
-        torch.manual_seed(0)
-        _, out = run.model(test_images(run, class_indices(run.data.test_y, N_IMAGES)))
-        draw_grid(ax, [list(mark_hidden(out["input"], out["mask"])), list(out["recon"])],
-                  ["input\n(hidden: blue)", "reconstruction"])
-        size = f" of {config['block_size']}x{config['block_size']}" if level == "block" else ""
-        ax.set_title(f"{name} ({run.name}): " + (
-            f"nothing hidden, test PSNR {fmt(results.get('psnr'), 1)} dB" if level == "identity" else
-            f"{config['mask_ratio']:.0%} hidden in {level}s{size}, test PSNR {fmt(results.get('psnr_hidden'), 1)} "
-            "dB on hidden pixels"))
-    fig.suptitle("three levels of reconstruction difficulty (MCAE)", fontweight="bold")
-    return save(fig, path)
-
-
-COMPARISON_FIGURES = {"psnr_per_epoch": plot_psnr_per_epoch, "loss_per_epoch": plot_loss_per_epoch,
-                      "psnr_vs_noise": plot_psnr_vs_noise, "psnr_per_latent": plot_psnr_per_latent,
-                      "mask_ratios": plot_mask_ratios, "vae_vs_ae": plot_vae_vs_ae,
-                      "three_levels": plot_three_levels}
-
-
-# -----------------------------------------------------------------------------
 # report.md: from the analysis dicts alone
-
-
-def fmt(value, digits=4):
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:,}" if digits is None else f"{value:.{digits}f}"
 
 
 def table(header, rows):
@@ -907,6 +404,13 @@ def parse_args(argv=None):
     return args
 
 
+def draw(plots, inputs, out_dir):
+    """Each figure of plots ({name: plot}) drawn from inputs to OUT_DIR/figures/NAME.png, where it applies:
+    -> {name: path}."""
+    return {name: path for name, plot in plots.items()
+            if (path := plot(*inputs, os.path.join(out_dir, "figures", f"{name}.png")))}
+
+
 def main(argv=None):
     """Measure each run into RUN_DIR/analysis.json and draw its figures, then compare the runs and write
     report.md. Returns the runs, their analyses and the figures drawn ({run name: {figure: path}})."""
@@ -923,9 +427,8 @@ def main(argv=None):
             analyses.append(measure(run, args.tsne_per_class, args.tsne_iters))
             with open(os.path.join(run.path, "analysis.json"), "w") as f:
                 json.dump(analyses[-1], f, indent=1)
-            figures[run.name] = {name: path for name, plot in PER_RUN_FIGURES.items() if (path := plot(run, analyses[-1]))}
-        figures["comparing runs"] = {name: path for name, plot in COMPARISON_FIGURES.items() if (
-            path := plot(runs, analyses, os.path.join(args.out, "figures", f"{name}.png")))}
+            figures[run.name] = draw(PER_RUN_FIGURES, (run, analyses[-1]), run.path)
+        figures["comparing runs"] = draw(COMPARISON_FIGURES, (runs, analyses), args.out)
         write_report(analyses, args.out, figures)
         print(f"done in {time.time() - t0:.1f}s")
     finally:

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 
 import analyze
+import figures
+import inspection
 import metrics
 import train
 from ae import AE, AEConfig
@@ -79,9 +81,9 @@ def decoder_figures(run):
     if run.kind == "mae":
         return []
     present = set(run.data.test_y.tolist())
-    names = analyze.ARITHMETIC[run.args["dataset"]]
-    figures = ["interpolation"] if any(a in present and b in present for a, b in analyze.INTERPOLATION_PAIRS) else []
-    return figures + (["arithmetic"] if {run.data.classes.index(n) for n in names} <= present else [])
+    names = figures.ARITHMETIC[run.args["dataset"]]
+    drawn = ["interpolation"] if any(a in present and b in present for a, b in figures.INTERPOLATION_PAIRS) else []
+    return drawn + (["arithmetic"] if {run.data.classes.index(n) for n in names} <= present else [])
 
 
 def test_every_figure_that_applies_is_drawn(analysed):
@@ -105,10 +107,10 @@ def test_arithmetic_with_every_class_present(analysed, tmp_path, name):
     relabelled so every class is present, the figure is drawn."""
     run = analysed[1][name]
     labels = torch.arange(len(run.data.test_y)) % 10
-    relabelled = dataclasses.replace(run, path=str(tmp_path),
-                                     data=dataclasses.replace(run.data, test_y=labels))
-    assert analyze.plot_arithmetic(relabelled, None) == str(tmp_path / "figures" / "arithmetic.png")
-    assert_real_image(tmp_path / "figures" / "arithmetic.png")
+    relabelled = dataclasses.replace(run, data=dataclasses.replace(run.data, test_y=labels))
+    path = str(tmp_path / "figures" / "arithmetic.png")
+    assert figures.plot_arithmetic(relabelled, None, path) == path
+    assert_real_image(path)
 
 
 def test_report_has_each_runs_numbers_and_links(analysed):
@@ -158,7 +160,7 @@ def test_saliency_is_the_squared_jacobian_summed_over_latents_and_channels():
     torch.manual_seed(0)
     model = AE(AEConfig(in_channels=3, image_size=16, channels=(4, 8), latent_channels=2)).double().eval()
     x = torch.rand(2, 3, 16, 16, dtype=torch.float64)
-    energy = analyze.jacobian_energy(model, x)  # (2, 16, 16)
+    energy = inspection.jacobian_energy(model, x)  # (2, 16, 16)
     assert energy.shape == (2, 16, 16)
     for i in range(2):
         # the explicit Jacobian, one image at a time: (D, C, H, W)
@@ -189,11 +191,11 @@ class Identity(nn.Module):
 
 def test_psnr_falls_as_noise_grows():
     x = torch.rand(64, 1, 28, 28)
-    recon, noisy = analyze.psnr_against_noise(Identity(), x, analyze.NOISE_VARIANCES)
+    recon, noisy = analyze.psnr_against_noise(Identity(), x, inspection.NOISE_VARIANCES)
     assert recon == pytest.approx(noisy)
     assert all(a > b for a, b in zip(noisy, noisy[1:])), noisy
     # a real (untrained) autoencoder: one finite value per variance
-    recon, _ = analyze.psnr_against_noise(AE(AEConfig()).eval(), x, analyze.NOISE_VARIANCES)
+    recon, _ = analyze.psnr_against_noise(AE(AEConfig()).eval(), x, inspection.NOISE_VARIANCES)
     assert len(recon) == 4 and all(torch.isfinite(torch.tensor(recon)))
 
 
@@ -219,7 +221,7 @@ class FrozenConfig:
         return getattr(self.config, name)
 
     def __setattr__(self, name, value):
-        raise AssertionError(f"analyze.py set config.{name} = {value!r}")
+        raise AssertionError(f"the analysis set config.{name} = {value!r}")
 
 
 @pytest.mark.parametrize("model", [MCAE(MCAEConfig(mask_type="pixel", mask_ratio=0.5)),
@@ -227,8 +229,8 @@ class FrozenConfig:
 def test_masked_reconstruction_at_other_ratios_leaves_the_config_alone(model):
     x = torch.rand(8, 1, 28, 28)
     model.config = FrozenConfig(model.config)
-    for ratio in analyze.MASK_RATIOS:
-        inp, recon, mask = analyze.masked_reconstruction(model.eval(), x, ratio, mask_type="pixel")
+    for ratio in inspection.MASK_RATIOS:
+        inp, recon, mask = inspection.masked_reconstruction(model.eval(), x, ratio, mask_type="pixel")
         assert mask.mean().item() == pytest.approx(ratio, abs=0.08)
         assert torch.equal(inp, x * (1 - mask)) and recon.shape == x.shape
 
@@ -238,8 +240,8 @@ def test_same_masks_for_the_mcae_and_the_plain_ae():
     x = torch.rand(8, 1, 28, 28)
     mcae = MCAE(MCAEConfig(mask_type="block", mask_ratio=0.5)).eval()
     plain = AE(AEConfig()).eval()
-    inp_a, _, mask_a = analyze.masked_reconstruction(mcae, x, 0.5, "block", 8)
-    inp_b, _, mask_b = analyze.masked_reconstruction(plain, x, 0.5, "block", 8)
+    inp_a, _, mask_a = inspection.masked_reconstruction(mcae, x, 0.5, "block", 8)
+    inp_b, _, mask_b = inspection.masked_reconstruction(plain, x, 0.5, "block", 8)
     assert torch.equal(mask_a, mask_b) and torch.equal(inp_a, inp_b) and mask_a.any()
 
 
@@ -256,7 +258,7 @@ def test_report_compares_masked_filling_with_the_plain_ae(analysed):
 
 def test_images_are_picked_one_class_after_another():
     labels = torch.tensor([3, 1, 1, 0, 3, 2, 0, 2])
-    assert analyze.class_indices(labels, 6).tolist() == [3, 1, 5, 0, 6, 2]
+    assert inspection.class_indices(labels, 6).tolist() == [3, 1, 5, 0, 6, 2]
     assert analyze.balanced_indices(labels, 1).tolist() == [3, 1, 5, 0]
 
 
@@ -353,7 +355,7 @@ def test_worked_example_is_psnr_and_ssim_of_the_first_image(analysed):
     for name in ("ae", "dae-cifar"):
         run, example = runs[name], analyses[name]["worked_example"]
         torch.manual_seed(0)
-        x = analyze.test_images(run, 1)
+        x = inspection.test_images(run, 1)
         recon = run.model(x)[1]["recon"]
         assert example["mse"] == pytest.approx((recon - x).pow(2).mean().item(), rel=1e-5)
         assert example["psnr"] == pytest.approx(10 * math.log10(1 / example["mse"]))
@@ -365,10 +367,10 @@ def test_attention_on_the_whole_image_is_the_models_own_map():
     torch.manual_seed(0)
     model = MAE(MAEConfig(embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=1)).eval()
     x = torch.rand(3, 1, 28, 28)
-    maps, mask = analyze.cls_attention(model, x)
+    maps, mask = inspection.cls_attention(model, x)
     own = model.attention_maps(x).repeat_interleave(4, 2).repeat_interleave(4, 3)  # (3, heads, 28, 28)
     assert not mask.any() and torch.allclose(maps, own / own.amax(dim=(2, 3), keepdim=True), atol=1e-5)
-    maps, mask = analyze.cls_attention(model, x, mask_ratio=0.75)
+    maps, mask = inspection.cls_attention(model, x, mask_ratio=0.75)
     assert mask.mean().item() == pytest.approx(0.75, abs=0.05)
     assert (maps * mask).abs().max() == 0  # hidden patches: the encoder never saw them, no attention
 
@@ -394,5 +396,5 @@ def test_best_psnr_per_latent_takes_the_best_l1_of_each_size():
         return {"kind": kind, "dataset": "mnist", "config": config, "results": {"psnr": psnr}}
     analyses = [run("dae", 32, 0.0, 20.0, 0.1), run("dae", 32, 1e-4, 21.0, 0.1), run("dae", 64, 0.0, 22.5, 0.1),
                 run("dae", 64, 1e-4, 22.0, 0.1), run("ae", 32, 0.0, 25.0), run("dae", 32, 0.0, 30.0, 0.1, "conv")]
-    best = analyze.best_psnr_per_latent(analyses)
+    best = figures.best_psnr_per_latent(analyses)
     assert best == {"mnist, noise std 0.1": {32: (21.0, 1e-4), 64: (22.5, 0.0)}, "mnist, noise std 0": {32: (25.0, 0.0)}}
