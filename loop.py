@@ -42,7 +42,7 @@ def autocast(device, precision="auto"):
     """bf16 autocast for --precision bf16, and for auto on CUDA (tensor cores); plain float32 otherwise.
 
     On a CPU with bf16 instructions (avx512_bf16, AMX) bf16 is worth asking for: the MAE's fine-tuning
-    step ran 1.3x faster on one such core.
+    step ran 1.3x faster on one such core. Without them, each bf16 op is emulated: 13x slower.
     """
     device_type = torch.device(device).type
     enabled = precision == "bf16" or (precision == "auto" and device_type == "cuda")

@@ -135,8 +135,8 @@ def parse_args(argv=None):
                    help="start over in an --out-dir that already holds a run (its files are replaced)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (GPU speed-up)")
     g.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="autocast: auto = bf16 on CUDA, fp32 on CPU; bf16 also speeds up CPUs with bf16 "
-                   "instructions (default: auto)")
+                   help="autocast: auto = bf16 on CUDA, fp32 on CPU; bf16 speeds up CPUs with bf16 instructions "
+                   "(lscpu: avx512_bf16, amx) and slows others over 10x (default: auto)")
 
     g = p.add_argument_group("downstream evaluation")
     g.add_argument("--eval", default="linear,knn", help="comma list of linear,knn,finetune; '' for none "
