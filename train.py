@@ -270,7 +270,7 @@ def check_out_dir(args, ckpt_path, results_path, write_probe=True):
 
 
 # -----------------------------------------------------------------------------
-# model, optimiser, checkpoints
+# models from the table: a new one from flags, a trained one from its checkpoint (loop.py saves them)
 
 
 def build_config(model_name, args, in_channels, image_size):
