@@ -219,7 +219,7 @@ class Block(nn.Module):
 
 class MAE(nn.Module):
 
-    # the parts the encoder is made of: what fine-tuning trains (train.layer_decay_groups); the rest is decoder
+    # the parts the encoder is made of: what fine-tuning trains (evaluate.layer_decay_groups); the rest is decoder
     encoder_parts = ("patch_embed", "cls_token", "blocks", "norm")
 
     def __init__(self, config):

@@ -8,7 +8,7 @@ returns one number per image, (B,). Features are (N, D) from a model's `encode`:
 SSIM and t-SNE come twice, as a model file keeps the written-out attention next to the fused one:
 `ssim` and `tsne` are the textbook versions, to read and copy (a Gaussian filter and Wang et al.'s
 formula; dense exact t-SNE, O(N^2) memory). `ssim_fast` and `tsne_fast`, several times faster on a CPU,
-are what train.py, analyze.py and bench.py call: cache-sized chunks, matrix products, and for t-SNE a P
+are what evaluate.py, analyze.py and bench.py call: cache-sized chunks, matrix products, and for t-SNE a P
 kept over nearest neighbours as scikit-learn does. tests/test_metrics.py checks that each pair agrees.
 Where the logic is the same (window, SSIM formula, perplexity search, start, optimiser) both share it.
 """
