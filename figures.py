@@ -143,7 +143,7 @@ def plot_reconstructions(run, analysis, path):
         rows, labels = rows + [list(out["input"])], labels + ["noisy input"]
     return grid_figure(rows + [list(out["recon"])], path, labels + ["reconstruction"],
                        [run.data.classes[y] for y in run.data.test_y[idx.to(run.data.test_y.device)]],
-                       f"{run.name}: reconstructions of test images ({score})")
+                       f"{run.name}: reconstructions of test images ({score}, mean of these {len(idx)})")
 
 
 def plot_tsne(run, analysis, path):
