@@ -74,10 +74,19 @@ HEAT_CMAP = plt.get_cmap("inferno")
 HIDDEN_COLOUR = (0.2, 0.4, 0.8)  # hidden pixels of masked inputs
 
 
-def heat_images(heat, heat_max=1.0):
-    """Heatmaps (B, H, W) -> (B, 3, H, W) colours of HEAT_CMAP over 0 .. heat_max. Drawn on their own, not
-    blended over the image, where bright strokes would look hot whatever the map says."""
-    colours = HEAT_CMAP(np.clip(heat.detach().float().cpu().numpy() / heat_max, 0, 1))[..., :3]
+def linear_scale(high=1.0):
+    """The usual heat scale: 0 .. high, linear; values past either end get its end colour."""
+    return matplotlib.colors.Normalize(0, high, clip=True)
+
+
+def heat_images(heat, scale=None):
+    """Heatmaps (B, H, W) -> (B, 3, H, W) colours of HEAT_CMAP on the colour scale `scale` (a
+    matplotlib Normalize; default linear_scale()). Drawn on their own, not blended over the image, where
+    bright strokes would look hot whatever the map says."""
+    heat = heat.detach().float().cpu().numpy()
+    # flat in, shape back: a log scale takes 1-D arrays only; masked values (<= 0 on a log scale) -> bottom
+    levels = (scale or linear_scale())(heat.ravel()).filled(0).reshape(heat.shape)
+    colours = HEAT_CMAP(levels)[..., :3]
     return torch.from_numpy(colours).permute(0, 3, 1, 2).float()
 
 
@@ -101,13 +110,14 @@ def draw_grid(ax, rows, row_labels=(), col_labels=(), pad=2):
     ax.spines[:].set_visible(False)
 
 
-def grid_figure(rows, path, row_labels=(), col_labels=(), title="", heat_max=1.0, heat_label=None, cell=1.0):
-    """A figure of one grid (draw_grid) with its title and, for heatmaps, a colour bar; saved to path."""
+def grid_figure(rows, path, row_labels=(), col_labels=(), title="", heat_scale=None, heat_label=None, cell=1.0):
+    """A figure of one grid (draw_grid) with its title and, for heatmaps, a colour bar of the scale
+    heat_scale (default linear_scale()); saved to path."""
     fig, (ax,) = panels(1, (1.3 if row_labels else 0.2) + (1.0 if heat_label else 0) + cell * len(rows[0]),
                         0.5 + cell * len(rows) + (0.35 if col_labels else 0))
     draw_grid(ax, rows, row_labels, col_labels)
     if heat_label:
-        bar = plt.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0, heat_max), cmap=HEAT_CMAP)
+        bar = plt.cm.ScalarMappable(norm=heat_scale or linear_scale(), cmap=HEAT_CMAP)
         fig.colorbar(bar, ax=ax, label=heat_label, shrink=0.8, aspect=30)
     return save(fig, path, title)
 
@@ -184,12 +194,17 @@ def plot_attention(run, analysis, path, n=4):
         return None
     x = test_images(run, class_indices(run.data.test_y, n))
     ratio, rows = run.config["mask_ratio"], []
+    # one log scale for all maps: a head spread evenly reads as mid-dark and a focused one as bright,
+    # which each map's own 0 .. max would hide; hidden patches (weight 0) get the bottom colour
+    scale = matplotlib.colors.LogNorm(1 / 16, 32, clip=True)
     for maps, mask in (cls_attention(run.model, x), cls_attention(run.model, x, ratio)):
-        rows += [[image, *heat_images(image_maps)] for image, image_maps in zip(mark_hidden(x * (1 - mask), mask), maps)]
+        rows += [[image, *heat_images(image_maps, scale)]
+                 for image, image_maps in zip(mark_hidden(x * (1 - mask), mask), maps)]
     return grid_figure(rows, path, ["whole"] * n + ["masked"] * n,
                        ["input"] + [f"head {h + 1}" for h in range(len(rows[0]) - 1)],
                        f"{run.name}: last-layer CLS attention per head, on the whole image and with {ratio:.0%} of "
-                       "patches hidden (blue)", heat_label="attention / the map's largest", cell=1.3)
+                       "patches hidden (blue)", heat_scale=scale, heat_label="attention / an even share (1 = "
+                       "as if every patch seen got the same)", cell=1.3)
 
 
 def plot_weights(run, analysis, path):
@@ -260,14 +275,14 @@ def plot_error_heatmaps(run, analysis, path, n=6):
     heat_max = max(torch.stack(errors).quantile(0.995).item(), 1e-3)  # a few outliers should not wash out the rest
     rows, labels = [], []
     for ratio, (inp, recon, mask), error in zip(MASK_RATIOS, shown, errors):
-        rows += [list(mark_hidden(inp, mask)), list(recon), list(heat_images(error, heat_max))]
+        rows += [list(mark_hidden(inp, mask)), list(recon), list(heat_images(error, linear_scale(heat_max)))]
         score = scores[ratio]  # beside what leaving the holes black scores: high where they hit background
         labels += [f"ratio {ratio}: input\n(hidden: blue)", "reconstruction", f"squared error\nhidden PSNR "
                    f"{score['hidden_psnr']:.1f} dB\n(black fill {score['black_fill_hidden_psnr']:.1f} dB)"]
     return grid_figure(rows, path, labels,
                        title=f"{run.name}: per-pixel squared error at mask ratios {', '.join(map(str, MASK_RATIOS))}\n"
                              f"(PSNRs over the first {analysis['masking']['n_images']} test images)",
-                       heat_max=heat_max, heat_label="squared error")
+                       heat_scale=linear_scale(heat_max), heat_label="squared error")
 
 
 PER_RUN_FIGURES = {"reconstructions": plot_reconstructions, "tsne": plot_tsne, "saliency": plot_saliency,

@@ -81,9 +81,11 @@ def jacobian_energy(model, x):
 
 @torch.no_grad()
 def cls_attention(model, x, mask_ratio=0.0, seed=0):
-    """Last-layer attention of the CLS token to each patch the encoder saw, per head, at pixel size and
-    scaled to each map's largest weight: -> (B, heads, H, W), and the mask (B, 1, H, W), 1 = hidden (no
-    weight). The CLS's weight on itself is left out. Mask ratio 0 gives the maps of MAE.attention_maps."""
+    """Last-layer attention of the CLS token to each patch the encoder saw, per head, at pixel size, in
+    units of an even share (1 = as much as if the head looked at every patch seen alike, 10 = ten times
+    that), so that heads and images can be compared: -> (B, heads, H, W), and the mask (B, 1, H, W),
+    1 = hidden (weight 0). The CLS's weight on itself is left out, as in MAE.attention_maps: mask ratio 0
+    gives its maps times the number of patches."""
     B, _, H, W = x.shape
     p = model.config.patch_size
     torch.manual_seed(seed)
@@ -93,9 +95,10 @@ def cls_attention(model, x, mask_ratio=0.0, seed=0):
         h = block(h)
     _, attn = model.blocks[-1](h, return_attention=True)                     # (B, heads, 1 + keep, 1 + keep)
     seen = attn[:, :, 0, 1:].float()                                         # (B, heads, len_keep): CLS's row
+    seen = seen / seen.mean(dim=-1, keepdim=True)  # as MAE.attention_maps, without the CLS's share; mean 1
     # the kept patches come first in shuffled order: zeros for the hidden ones, then unshuffle
     weights = torch.cat([seen, seen.new_zeros(B, seen.shape[1], mask.shape[1] - seen.shape[2])], dim=2)
     weights = torch.gather(weights, 2, ids_restore[:, None].expand(-1, seen.shape[1], -1))  # (B, heads, L)
     maps, mask = (m.reshape(B, -1, H // p, W // p).repeat_interleave(p, 2).repeat_interleave(p, 3)
                   for m in (weights, mask))                                  # a patch's weight on its p x p pixels
-    return maps / maps.amax(dim=(2, 3), keepdim=True), mask
+    return maps, mask
