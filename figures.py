@@ -72,20 +72,16 @@ def save(fig, path, title, **style):
 
 HEAT_CMAP = plt.get_cmap("inferno")
 HIDDEN_COLOUR = (0.2, 0.4, 0.8)  # hidden pixels of masked inputs
+UNIT_SCALE = matplotlib.colors.Normalize(0, 1, clip=True)  # heat 0 .. 1, linear; past either end: its end colour
 
 
-def linear_scale(high=1.0):
-    """The usual heat scale: 0 .. high, linear; values past either end get its end colour."""
-    return matplotlib.colors.Normalize(0, high, clip=True)
-
-
-def heat_images(heat, scale=None):
-    """Heatmaps (B, H, W) -> (B, 3, H, W) colours of HEAT_CMAP on the colour scale `scale` (a
-    matplotlib Normalize; default linear_scale()). Drawn on their own, not blended over the image, where
-    bright strokes would look hot whatever the map says."""
+def heat_images(heat, scale=UNIT_SCALE):
+    """Heatmaps (B, H, W) -> (B, 3, H, W) colours of HEAT_CMAP on the colour scale `scale` (a matplotlib
+    Normalize). Drawn on their own, not blended over the image, where bright strokes would look hot
+    whatever the map says."""
     heat = heat.detach().float().cpu().numpy()
     # flat in, shape back: a log scale takes 1-D arrays only; masked values (<= 0 on a log scale) -> bottom
-    levels = (scale or linear_scale())(heat.ravel()).filled(0).reshape(heat.shape)
+    levels = scale(heat.ravel()).filled(0).reshape(heat.shape)
     colours = HEAT_CMAP(levels)[..., :3]
     return torch.from_numpy(colours).permute(0, 3, 1, 2).float()
 
@@ -110,14 +106,13 @@ def draw_grid(ax, rows, row_labels=(), col_labels=(), pad=2):
     ax.spines[:].set_visible(False)
 
 
-def grid_figure(rows, path, row_labels=(), col_labels=(), title="", heat_scale=None, heat_label=None, cell=1.0):
-    """A figure of one grid (draw_grid) with its title and, for heatmaps, a colour bar of the scale
-    heat_scale (default linear_scale()); saved to path."""
+def grid_figure(rows, path, row_labels=(), col_labels=(), title="", heat_scale=UNIT_SCALE, heat_label=None, cell=1.0):
+    """A figure of one grid (draw_grid) with its title and, for heatmaps, a colour bar of heat_scale; to path."""
     fig, (ax,) = panels(1, (1.3 if row_labels else 0.2) + (1.0 if heat_label else 0) + cell * len(rows[0]),
                         0.5 + cell * len(rows) + (0.35 if col_labels else 0))
     draw_grid(ax, rows, row_labels, col_labels)
     if heat_label:
-        bar = plt.cm.ScalarMappable(norm=heat_scale or linear_scale(), cmap=HEAT_CMAP)
+        bar = plt.cm.ScalarMappable(norm=heat_scale, cmap=HEAT_CMAP)
         fig.colorbar(bar, ax=ax, label=heat_label, shrink=0.8, aspect=30)
     return save(fig, path, title)
 
@@ -172,8 +167,7 @@ def plot_tsne(run, analysis, path):
     what = "CLS token" if run.kind == "mae" else "mean of q(z|x)" if run.kind == "vae" else "latent code"
     # the real count: a small test set may hold fewer than --tsne-per-class images of a class
     count = f"{max(per_class)}" if min(per_class) == max(per_class) else f"{min(per_class)} to {max(per_class)}"
-    return save(fig, path, f"{run.name}: t-SNE of the {what}, {len(labels)} test images ({count} "
-                "per class)")
+    return save(fig, path, f"{run.name}: t-SNE of the {what}, {len(labels)} test images ({count} per class)")
 
 
 def plot_saliency(run, analysis, path):
@@ -272,17 +266,18 @@ def plot_error_heatmaps(run, analysis, path, n=6):
     shown = [masked_reconstruction(run.model, x, ratio, setting["mask_type"], setting["block_size"])
              for ratio in MASK_RATIOS]
     errors = [(recon - x).pow(2).mean(1) for _, recon, _ in shown]  # (n, H, W), averaged over channels
-    heat_max = max(torch.stack(errors).quantile(0.995).item(), 1e-3)  # a few outliers should not wash out the rest
+    # linear up to the 99.5th percentile: a few outliers should not wash out the rest
+    scale = matplotlib.colors.Normalize(0, max(torch.stack(errors).quantile(0.995).item(), 1e-3), clip=True)
     rows, labels = [], []
     for ratio, (inp, recon, mask), error in zip(MASK_RATIOS, shown, errors):
-        rows += [list(mark_hidden(inp, mask)), list(recon), list(heat_images(error, linear_scale(heat_max)))]
+        rows += [list(mark_hidden(inp, mask)), list(recon), list(heat_images(error, scale))]
         score = scores[ratio]  # beside what leaving the holes black scores: high where they hit background
         labels += [f"ratio {ratio}: input\n(hidden: blue)", "reconstruction", f"squared error\nhidden PSNR "
                    f"{score['hidden_psnr']:.1f} dB\n(black fill {score['black_fill_hidden_psnr']:.1f} dB)"]
     return grid_figure(rows, path, labels,
                        title=f"{run.name}: per-pixel squared error at mask ratios {', '.join(map(str, MASK_RATIOS))}\n"
                              f"(PSNRs over the first {analysis['masking']['n_images']} test images)",
-                       heat_scale=linear_scale(heat_max), heat_label="squared error")
+                       heat_scale=scale, heat_label="squared error")
 
 
 PER_RUN_FIGURES = {"reconstructions": plot_reconstructions, "tsne": plot_tsne, "saliency": plot_saliency,
