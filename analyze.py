@@ -51,7 +51,8 @@ import loop
 import metrics
 import train
 from data import Data, RunError, load_data, to_float
-from figures import COMPARISON_FIGURES, PER_RUN_FIGURES, fmt
+from drawing import fmt
+from figures import COMPARISON_FIGURES, PER_RUN_FIGURES
 from inspection import (MASK_RATIOS, NOISE_VARIANCES, in_batches, is_masked, masked_reconstruction, rank_in_class,
                         test_images)
 

@@ -1,32 +1,23 @@
 """
 Every figure analyze.py draws, from the dicts analyze.measure makes (RUN_DIR/analysis.json) and, for the
 figures that show images, from the runs' models and test images (picked and run through the models by
-inspection.py). analyze.py's docstring lists the figures (python analyze.py --help).
+inspection.py), with the building blocks of drawing.py (panels, saving, heatmap colours, image grids).
+analyze.py's docstring lists the figures (python analyze.py --help).
 
 A per-run figure is plot_x(run, analysis, path), a figure comparing runs plot_x(runs, analyses, path):
 each returns the path it wrote, or None where it does not apply (PER_RUN_FIGURES, COMPARISON_FIGURES).
 A run is an analyze.Run (model, kind, config, args, log, results, data); this module does not import
 analyze.py, which imports it.
 """
-import math
-import os
-
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn as nn
-from matplotlib.ticker import MaxNLocator
-from torchvision.utils import make_grid
+from matplotlib.colors import LogNorm, Normalize
 
 import metrics
+from drawing import draw_grid, finish_axes, fmt, grid_figure, heat_images, mark_hidden, panels, save
 from inspection import (MASK_RATIOS, NOISE_VARIANCES, class_indices, cls_attention, in_batches, is_masked,
                         jacobian_energy, masked_reconstruction, test_images)
-
-plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "figure.titlesize": 11, "legend.fontsize": 8,
-                     "axes.formatter.useoffset": False})  # flat curves: 9.5589, not "1e-5 + 9.5589"
 
 N_IMAGES = 8                                  # test images per image figure
 AE_FAMILY = ("ae", "dae", "vae", "mcae")      # encoders that saliency maps are drawn for
@@ -35,98 +26,6 @@ AE_FAMILY = ("ae", "dae", "vae", "mcae")      # encoders that saliency maps are 
 ARITHMETIC = {"mnist": ("7", "1", "0"), "fashion-mnist": ("Ankle boot", "Sneaker", "Sandal"),
               "cifar10": ("dog", "cat", "bird"), "cifar10-jitter": ("dog", "cat", "bird")}
 INTERPOLATION_PAIRS = [(0, 1), (3, 5), (7, 9)]  # class indices of the image pairs to interpolate between
-
-
-def fmt(value, digits=4):
-    """A number for a title or report.md's tables: "–" where there is none; digits None: 12,345."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:,}" if digits is None else f"{value:.{digits}f}"
-
-
-# -----------------------------------------------------------------------------
-# drawing helpers
-
-
-def panels(n, width=6, height=4, per_row=None):
-    """A figure of n panels of width x height inches, per_row to a row (default: all in one); the places
-    of the last row that no panel fills are left blank. -> (figure, the axes in reading order)"""
-    n_rows, n_cols = math.ceil(n / (per_row or n)), min(per_row or n, n)
-    fig = plt.figure(figsize=(width * n_cols, height * n_rows), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(n_rows, n_cols)).ravel()
-    for ax in axes[n:]:
-        ax.axis("off")
-    return fig, axes
-
-
-def save(fig, path, title, **style):
-    """The figure with its title (style: fig.suptitle's options) to path as a PNG, then closed: pyplot
-    keeps every open figure, and a run of the analysis draws dozens."""
-    fig.suptitle(title, **style)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight", pad_inches=0.1)  # tight: no label is ever cut off
-    plt.close(fig)
-    print(f"wrote {path}")
-    return path
-
-
-HEAT_CMAP = plt.get_cmap("inferno")
-HIDDEN_COLOUR = (0.2, 0.4, 0.8)  # hidden pixels of masked inputs
-UNIT_SCALE = matplotlib.colors.Normalize(0, 1, clip=True)  # heat 0 .. 1, linear; past either end: its end colour
-
-
-def heat_images(heat, scale=UNIT_SCALE):
-    """Heatmaps (B, H, W) -> (B, 3, H, W) colours of HEAT_CMAP on the colour scale `scale` (a matplotlib
-    Normalize). Drawn on their own, not blended over the image, where bright strokes would look hot
-    whatever the map says."""
-    heat = heat.detach().float().cpu().numpy()
-    # flat in, shape back: a log scale takes 1-D arrays only; masked values (<= 0 on a log scale) -> bottom
-    levels = scale(heat.ravel()).filled(0).reshape(heat.shape)
-    colours = HEAT_CMAP(levels)[..., :3]
-    return torch.from_numpy(colours).permute(0, 3, 1, 2).float()
-
-
-def mark_hidden(images, mask):
-    """Masked inputs (B, C, H, W) with their hidden pixels (mask (B, 1, H, W) = 1) painted HIDDEN_COLOUR:
-    the encoder saw zeros there, but black holes vanish into a black background. -> (B, 3, H, W)"""
-    colour = torch.tensor(HIDDEN_COLOUR, device=images.device).view(1, 3, 1, 1)
-    return images.expand(-1, 3, -1, -1) * (1 - mask) + colour * mask
-
-
-def draw_grid(ax, rows, row_labels=(), col_labels=(), pad=2):
-    """Rows of images (C, H, W) in [0, 1] as one mosaic with white gaps (make_grid) on one axes. The labels
-    are the axes' tick labels, so the figure's layout makes room for them."""
-    cells = [cell.detach().float().cpu().clamp(0, 1).expand(3, -1, -1) for row in rows for cell in row]
-    ax.imshow(make_grid(cells, nrow=len(rows[0]), padding=pad, pad_value=1).permute(1, 2, 0).numpy())
-    h, w = cells[0].shape[1:]
-    ax.set_xticks([pad + j * (w + pad) + (w - 1) / 2 for j in range(len(col_labels))], col_labels)
-    ax.set_yticks([pad + i * (h + pad) + (h - 1) / 2 for i in range(len(row_labels))], row_labels)
-    ax.xaxis.tick_top()
-    ax.tick_params(length=0)
-    ax.spines[:].set_visible(False)
-
-
-def grid_figure(rows, path, row_labels=(), col_labels=(), title="", heat_scale=UNIT_SCALE, heat_label=None, cell=1.0):
-    """A figure of one grid (draw_grid) with its title and, for heatmaps, a colour bar of heat_scale; to path."""
-    fig, (ax,) = panels(1, (1.3 if row_labels else 0.2) + (1.0 if heat_label else 0) + cell * len(rows[0]),
-                        0.5 + cell * len(rows) + (0.35 if col_labels else 0))
-    draw_grid(ax, rows, row_labels, col_labels)
-    if heat_label:
-        bar = plt.cm.ScalarMappable(norm=heat_scale, cmap=HEAT_CMAP)
-        fig.colorbar(bar, ax=ax, label=heat_label, shrink=0.8, aspect=30)
-    return save(fig, path, title)
-
-
-def finish_axes(ax, epochs=False, **properties):
-    """The axes' properties (ax.set: labels, title, ticks), a grid, whole epochs on the x axis, and the
-    legend to the right, where it cannot hide a curve."""
-    ax.set(**properties)
-    if epochs:
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
 
 
 # -----------------------------------------------------------------------------
@@ -158,7 +57,7 @@ def plot_tsne(run, analysis, path):
     for ax, name in zip(axes, ("clean", "noisy")):
         embedding = np.array(tsne[name]["embedding"])
         for c, class_name in enumerate(classes):
-            ax.scatter(*embedding[labels == c].T, s=5, color=plt.cm.tab10(c % 10), label=class_name, alpha=0.8,
+            ax.scatter(*embedding[labels == c].T, s=5, color=f"C{c % 10}", label=class_name, alpha=0.8,
                        linewidths=0)
         noise = f" (noise std {tsne['noise_std']:.2f})" if name == "noisy" else ""
         ax.set(title=f"{name} test images{noise}\nsilhouette {tsne[name]['latent']['silhouette']:.2f} in the "
@@ -190,7 +89,7 @@ def plot_attention(run, analysis, path, n=4):
     ratio, rows = run.config["mask_ratio"], []
     # one log scale for all maps: a head spread evenly reads as mid-dark and a focused one as bright,
     # which each map's own 0 .. max would hide; hidden patches (weight 0) get the bottom colour
-    scale = matplotlib.colors.LogNorm(1 / 16, 32, clip=True)
+    scale = LogNorm(1 / 16, 32, clip=True)
     for maps, mask in (cls_attention(run.model, x), cls_attention(run.model, x, ratio)):
         rows += [[image, *heat_images(image_maps, scale)]
                  for image, image_maps in zip(mark_hidden(x * (1 - mask), mask), maps)]
@@ -267,7 +166,7 @@ def plot_error_heatmaps(run, analysis, path, n=6):
              for ratio in MASK_RATIOS]
     errors = [(recon - x).pow(2).mean(1) for _, recon, _ in shown]  # (n, H, W), averaged over channels
     # linear up to the 99.5th percentile: a few outliers should not wash out the rest
-    scale = matplotlib.colors.Normalize(0, max(torch.stack(errors).quantile(0.995).item(), 1e-3), clip=True)
+    scale = Normalize(0, max(torch.stack(errors).quantile(0.995).item(), 1e-3), clip=True)
     rows, labels = [], []
     for ratio, (inp, recon, mask), error in zip(MASK_RATIOS, shown, errors):
         rows += [list(mark_hidden(inp, mask)), list(recon), list(heat_images(error, scale))]
