@@ -9,11 +9,13 @@ import subprocess
 import sys
 
 import matplotlib.image
+from matplotlib.colors import LogNorm
 import pytest
 import torch
 import torch.nn as nn
 
 import analyze
+import drawing
 import figures
 import inspection
 import metrics
@@ -375,6 +377,20 @@ def test_attention_on_the_whole_image_is_the_models_own_map():
     assert (maps * mask).abs().max() == 0  # hidden patches: the encoder never saw them, no attention
     # 12 patches seen, 16 pixels each: their weights average 1 (an even share) in every map
     assert torch.allclose(maps.sum(dim=(2, 3)) / 16, torch.full((3, 2), 12.0), atol=1e-4)
+
+
+def test_heatmaps_take_their_colours_from_the_scale_given():
+    """The attention figure's log scale: an even share (1) sits 4/9 of the way up from 1/16 to 32, and a
+    hidden patch (0) or anything past either end gets that end's colour; the default scale is 0 .. 1."""
+    def colours(values, *scale):
+        return drawing.heat_images(torch.tensor([[values]]), *scale)[0, :, 0].T  # (values, 3)
+
+    def expected(levels):
+        return torch.tensor(drawing.HEAT_CMAP(levels)[:, :3]).float()
+
+    log = colours([0.0, 1 / 32, 1.0, 32.0, 64.0], LogNorm(1 / 16, 32, clip=True))
+    assert torch.allclose(log, expected([0, 0, 4 / 9, 1, 1]), atol=1e-6)
+    assert torch.allclose(colours([-1.0, 0.5, 2.0]), expected([0, 0.5, 1]), atol=1e-6)
 
 
 def test_a_run_on_your_own_image_folder_is_analysed(tmp_path):
