@@ -14,6 +14,7 @@ import gzip
 import math
 import os
 import shutil
+import tempfile
 import time
 
 import torch
@@ -54,9 +55,13 @@ def copy_debian_fashion_mnist(data_dir):
         target = os.path.join(raw, name.removesuffix(".gz"))
         if name.endswith("-ubyte.gz") and not os.path.exists(target):
             os.makedirs(raw, exist_ok=True)
-            with gzip.open(os.path.join(DEBIAN_FASHION_MNIST, name)) as src, open(target + ".tmp", "wb") as dst:
+            # a temporary file of this call's own: two runs started together both unpack, and each
+            # rename then puts a whole file in place, never the other's half-written one
+            fd, tmp = tempfile.mkstemp(dir=raw, suffix=".tmp")
+            with gzip.open(os.path.join(DEBIAN_FASHION_MNIST, name)) as src, os.fdopen(fd, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-            os.replace(target + ".tmp", target)
+            os.chmod(tmp, 0o644)  # mkstemp's file is private; the dataset is for every user
+            os.replace(tmp, target)
 
 
 def missing_dataset_message(dataset, data_dir, folder):

@@ -1,10 +1,14 @@
 """data.py: loading torchvision's files into uint8 tensors, and the batch augmentations."""
+import gzip
 import os
+import shutil
+import threading
 
 import pytest
 import torch
 
 from conftest import make_image_folder
+import data
 from data import RunError, color_jitter, load_data, random_shift_flip
 
 
@@ -18,6 +22,42 @@ def test_load_data_reads_torchvision_files(data_dir, dataset, shape):
     assert len(data.train_x) in (64, 80) and len(data.test_x) in (32, 16)
     assert data.train_y.dtype == torch.long and 0 <= data.train_y.min() and data.train_y.max() < 10
     assert len(data.classes) == 10
+
+
+def test_two_runs_unpacking_debian_fashion_mnist_at_once_both_succeed(tmp_path, monkeypatch):
+    debian = tmp_path / "debian"
+    debian.mkdir()
+    content = bytes(range(256)) * 64
+    with gzip.open(debian / "train-images-idx3-ubyte.gz", "wb") as f:
+        f.write(content)
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", str(debian))
+    # both runs are in the middle of writing the file when either of them finishes
+    both_copying = threading.Barrier(2, timeout=10)
+
+    real_copy = shutil.copyfileobj
+
+    def copy_then_wait(src, dst):
+        real_copy(src, dst)
+        both_copying.wait()
+
+    monkeypatch.setattr(shutil, "copyfileobj", copy_then_wait)
+    errors = []
+
+    def unpack():
+        try:
+            data.copy_debian_fashion_mnist(str(tmp_path / "runs"))
+        except Exception as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=unpack) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    raw = tmp_path / "runs" / "FashionMNIST" / "raw"
+    assert (raw / "train-images-idx3-ubyte").read_bytes() == content
+    assert os.listdir(raw) == ["train-images-idx3-ubyte"]  # no temporary file left behind
 
 
 def test_train_size_takes_the_first_images(data_dir):
