@@ -2,7 +2,8 @@
 Speed of nanoAE on this machine, with train.py's own training step: `python bench.py` (~10 minutes on one
 CPU thread; `--quick`: a minute or two) prints tables and writes bench.json: pretraining images/s of every
 model and the share spent preparing batches; the MAE at the DAE-vs-MAE study's MNIST shape: fine-tuning
-img/s, fused vs written-out attention, the operators a step's time goes to; t-SNE and SSIM, textbook and
+img/s, fused vs written-out attention, the operators a step's time goes to; the MAE at its defaults:
+fine-tuning img/s with and without dropping patches (--finetune-mask-ratio); t-SNE and SSIM, textbook and
 fast, against scikit-learn and scikit-image (requirements-dev.txt; rows skipped without them).
 """
 import argparse
@@ -182,6 +183,13 @@ def main():
           f"fused attention, {m['written_out_images_per_s']:.0f} written out; fine-tuning "
           f"{m['finetune_images_per_s']:.0f} img/s")
     print("where a pretraining step's time goes: " + ", ".join(f"{op} {100 * s:.0f}%" for op, s in m["profile"].items()))
+
+    # the MAE at its defaults (patch 4: 49 patches), fine-tuned at the default batch: --finetune-mask-ratio
+    # drops patches of every training image, and the step's cost falls with the tokens left
+    ratios = (0.0, 0.5, 0.75)
+    ft = report["mae_finetuning"] = {str(r): bench_finetuning(64, steps, device, finetune_mask_ratio=r) for r in ratios}
+    print("MAE at its defaults, fine-tuning at batch 64: " +
+          ", ".join(f"{ft[str(r)]:.0f} img/s with --finetune-mask-ratio {r}" for r in ratios))
 
     report["tsne"] = [bench_tsne(n, device, textbook=n <= 1000) for n in ((1000,) if args.quick else (1000, 5000))]
     print(f"\n{'t-SNE N':>8}" + "".join(f" {k:>10} {'trust':>6}" for k in ("textbook s", "fast s", "sklearn s")))

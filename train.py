@@ -198,6 +198,9 @@ def parse_args(argv=None):
                    f"grid, odd; 0 = the paper's decoder, attention only (default: {MAEConfig.decoder_conv})")
     g.add_argument("--drop-path", type=bounded(float, 0, 1, high_open=True), default=None,
                    help=f"fine-tuning: stochastic depth of the last block (default: {MAEConfig.drop_path})")
+    g.add_argument("--finetune-mask-ratio", type=fraction, default=None,
+                   help="fine-tuning: fraction of each training image's patches the encoder drops, as in "
+                   f"pretraining; test images keep all (default: {MAEConfig.finetune_mask_ratio})")
     g.add_argument("--norm-pix-loss", action="store_true", default=None,
                    help="predict each patch normalised by its own mean and std")
     g.add_argument("--pool", choices=["cls", "mean"], default=None,

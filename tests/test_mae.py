@@ -291,6 +291,34 @@ def test_encode_sees_the_whole_image(pool):
     assert torch.allclose(model.encode(x[2:3]), z[2:3], atol=1e-5)
 
 
+def test_finetune_mask_drops_patches_in_training_only():
+    torch.manual_seed(0)
+    model = MAE(tiny_config(finetune_mask_ratio=0.5, drop_path=0.0))
+    seen = []
+    model.blocks[0].register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[1]))
+    x = torch.rand(5, 1, 28, 28)
+    model.train()
+    a, b = model.encode(x), model.encode(x)
+    assert seen == [1 + 24, 1 + 24]  # CLS + int(49 * 0.5) patches, a new draw each call
+    assert not torch.allclose(a, b)
+    model.eval()  # features, probes and test accuracy: every patch, the same weights
+    z = model.encode(x)
+    assert seen[-1] == 1 + 49
+    unmasked = MAE(tiny_config(drop_path=0.0)).eval()
+    unmasked.load_state_dict(model.state_dict())
+    assert torch.allclose(z, unmasked.encode(x), atol=1e-6)
+    # a masked image's features are the unmasked features of the patches it kept
+    model.train()
+    torch.manual_seed(1)
+    kept = model.encode(x[:1])
+    torch.manual_seed(1)
+    tokens, _, _ = random_masking(model.embed(x[:1]), 0.5)
+    h = model.with_cls(tokens)
+    for block in model.blocks:
+        h = block(h)
+    assert torch.allclose(kept, model.norm(h)[:, 0], atol=1e-6)
+
+
 def test_initialisation():
     torch.manual_seed(0)
     model = MAE(MAEConfig())
