@@ -276,12 +276,14 @@ def check_out_dir(args, ckpt_path, results_path, write_probe=True):
 # models from the table: a new one from flags, a trained one from its checkpoint (loop.py saves them)
 
 
-def build_config(model_name, args, in_channels, image_size):
-    """The model's config: dataclass defaults, overridden by every flag of the same name that was given."""
+def build_config(model_name, args, in_channels, image_size, saved=None):
+    """The model's config: the dataclass defaults, or the saved config of the checkpoint a run resumes,
+    overridden by every flag of the same name that was given."""
     config_cls = MODELS[model_name][1]
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)
-             if getattr(args, f.name, None) is not None}
-    return config_cls(**{**given, "in_channels": in_channels, "image_size": image_size})
+    names = [f.name for f in dataclasses.fields(config_cls)]
+    given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    saved = {k: v for k, v in (saved or {}).items() if k in names}  # a field this version lacks is left out
+    return config_cls(**{**saved, **given, "in_channels": in_channels, "image_size": image_size})
 
 
 def load_run(run_dir, device="cpu"):
@@ -383,20 +385,23 @@ def main(argv=None):
 
     torch.manual_seed(args.seed)
     model_cls, _, recipe = MODELS[args.model]
-    config = build_config(args.model, args, data.train_x.shape[1], data.train_x.shape[2])
+    ckpt = load_checkpoint(ckpt_path, args.model) if args.resume else None
+    # a resumed run keeps the settings it was trained with (--norm-pix-loss, --mask-ratio, ...) unless a
+    # flag given now changes them: `--resume --eval finetune` alone fine-tunes the model that was trained
+    config = build_config(args.model, args, data.train_x.shape[1], data.train_x.shape[2],
+                          saved=ckpt["config"] if ckpt else None)
     model = model_cls(config).to(args.device)
     if hasattr(model, "init_output_bias"):  # AE family: the sigmoid decoder starts at the mean image
         model.init_output_bias(data.train_x.mean(dim=0, dtype=torch.float32) / 255)
     optimizer = make_optimizer([{"params": model.parameters(), "lr": args.lr}], recipe["betas"], args.weight_decay)
     start_epoch = 0
-    if args.resume:
-        ckpt = load_checkpoint(ckpt_path, args.model)
+    if ckpt:
         new = dataclasses.asdict(config)
         changed = ", ".join(f"{k}: {v} -> {new.get(k)}" for k, v in ckpt["config"].items() if new.get(k) != v)
         shapes = {k: v.shape for k, v in model.state_dict().items()}
         if shapes != {k: v.shape for k, v in ckpt["model"].items()}:
             raise RunError(f"{ckpt_path} was trained with other model settings ({changed}): "
-                           f"repeat the original flags or use another --out-dir")
+                           f"resume without the flags that change them, or use another --out-dir")
         if changed:  # e.g. another --drop-path or --mask-ratio: the same weights, used differently from now on
             print(f"resuming with changed settings: {changed}")
         model.load_state_dict(ckpt["model"])

@@ -286,3 +286,17 @@ def test_resume_takes_settings_that_keep_the_weights(data_dir, tmp_path, capsys)
     assert "resuming with changed settings: drop_path: 0.1 -> 0.0" in capsys.readouterr().out
     assert 0 <= results["finetune_acc"] <= 1
     assert torch.load(tmp_path / "m" / "finetune.pt", weights_only=True)["config"]["drop_path"] == 0.0
+
+
+def test_resume_keeps_the_settings_it_was_trained_with(data_dir, tmp_path, capsys):
+    """`--resume --eval finetune` without the pretraining's flags goes on with the model as trained."""
+    small = ["--model", "mae", "--dataset", "mnist", "--embed-dim", "32", "--depth", "1", "--epochs", "1"]
+    run(data_dir, tmp_path / "m", *small, "--norm-pix-loss", "--mask-ratio", "0.5", "--eval", "")
+    trained = json.loads((tmp_path / "m" / "results.json").read_text())
+    capsys.readouterr()
+    results = run(data_dir, tmp_path / "m", "--model", "mae", "--dataset", "mnist", "--epochs", "1", "--resume",
+                  "--eval", "finetune", "--finetune-epochs", "1")
+    assert "changed settings" not in capsys.readouterr().out
+    config = torch.load(tmp_path / "m" / "finetune.pt", weights_only=True)["config"]
+    assert config["norm_pix_loss"] and config["mask_ratio"] == 0.5 and config["embed_dim"] == 32
+    assert results["psnr"] == pytest.approx(trained["psnr"])  # the same evaluation of the same model
