@@ -202,7 +202,9 @@ def parse_args(argv=None):
                    help="fine-tuning: fraction of each training image's patches the encoder drops, as in "
                    f"pretraining; test images keep all (default: {MAEConfig.finetune_mask_ratio})")
     g.add_argument("--norm-pix-loss", action="store_true", default=None,
-                   help="predict each patch normalised by its own mean and std")
+                   help="predict each patch normalised by its own mean and std (better features: see README); "
+                   "its pictures and PSNR borrow each hidden patch's true mean and std, so they flatter it "
+                   "beside a pixel-loss run")
     g.add_argument("--pool", choices=["cls", "mean"], default=None,
                    help=f"encode(): CLS token or mean of patch tokens (default: {MAEConfig.pool})")
 
