@@ -288,6 +288,23 @@ def build_config(model_name, args, in_channels, image_size, saved=None):
     return config_cls(**{**saved, **given, "in_channels": in_channels, "image_size": image_size})
 
 
+def resume_from(ckpt, ckpt_path, model, config, optimizer):
+    """Load a checkpoint's weights and optimizer state into a model built with `config`; returns the epoch
+    the checkpoint finished. Settings that keep the weights' shapes may change; others cannot."""
+    new = dataclasses.asdict(config)
+    changed = ", ".join(f"{k}: {v} -> {new.get(k)}" for k, v in ckpt["config"].items() if new.get(k) != v)
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    if shapes != {k: v.shape for k, v in ckpt["model"].items()}:
+        raise RunError(f"{ckpt_path} was trained with other model settings ({changed}): "
+                       f"resume without the flags that change them, or use another --out-dir")
+    if changed:  # e.g. another --drop-path or --mask-ratio: the same weights, used differently from now on
+        print(f"resuming with changed settings: {changed}")
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    print(f"resumed from {ckpt_path} after epoch {ckpt['epoch']}")
+    return ckpt["epoch"]
+
+
 def load_run(run_dir, device="cpu"):
     """(model in eval mode, args dict, checkpoint) of a finished or interrupted run, for analysis."""
     ckpt = load_checkpoint(os.path.join(run_dir, "ckpt.pt"))
@@ -396,20 +413,7 @@ def main(argv=None):
     if hasattr(model, "init_output_bias"):  # AE family: the sigmoid decoder starts at the mean image
         model.init_output_bias(data.train_x.mean(dim=0, dtype=torch.float32) / 255)
     optimizer = make_optimizer([{"params": model.parameters(), "lr": args.lr}], recipe["betas"], args.weight_decay)
-    start_epoch = 0
-    if ckpt:
-        new = dataclasses.asdict(config)
-        changed = ", ".join(f"{k}: {v} -> {new.get(k)}" for k, v in ckpt["config"].items() if new.get(k) != v)
-        shapes = {k: v.shape for k, v in model.state_dict().items()}
-        if shapes != {k: v.shape for k, v in ckpt["model"].items()}:
-            raise RunError(f"{ckpt_path} was trained with other model settings ({changed}): "
-                           f"resume without the flags that change them, or use another --out-dir")
-        if changed:  # e.g. another --drop-path or --mask-ratio: the same weights, used differently from now on
-            print(f"resuming with changed settings: {changed}")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_epoch = ckpt["epoch"]
-        print(f"resumed from {ckpt_path} after epoch {start_epoch}")
+    start_epoch = resume_from(ckpt, ckpt_path, model, config, optimizer) if ckpt else 0
     if rank == 0:
         os.makedirs(args.out_dir, exist_ok=True)
         entries = read_log(log_path, start_epoch)
