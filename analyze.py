@@ -1,26 +1,25 @@
 """
-Every figure and table of the four autoencoder studies nanoAE reproduces, drawn from finished runs.
+Every figure and table of the four autoencoder studies nanoAE reproduces, from finished runs.
 In brackets, the studies that show each one: DvM = the DAE-vs-MAE study (MNIST, CIFAR-10),
 Mask = the masking tutorial (three levels of masking), C10 = the CIFAR-10 AE/DAE/VAE/MCAE assignment,
 MLP = the report on MLP denoising AEs (MNIST, Fashion-MNIST).
 
     python analyze.py out/ae-fashion-mnist out/dae-fashion-mnist out/mae-fashion-mnist
 
-Measure once, then draw: `measure` computes a run's numbers into a plain dict, saved as
-RUN_DIR/analysis.json; figures.py draws the figures from it (and from the runs' models and test images,
-which inspection.py picks and runs through the models for both), and report.md is written from those
-dicts alone.
+Measure, then draw: this file loads each run, measures its numbers once into RUN_DIR/analysis.json and
+runs its model on test images for the figures that show images; figures.py draws every figure and
+report.md from those numbers and images alone.
 
 Per run, in RUN_DIR/figures/:
     reconstructions.png   original / what the encoder saw / reconstruction        (DvM, C10, MLP)
-    tsne.png              t-SNE of the latents of clean and of noisy test images  (DvM, C10)
+    tsne.png              t-SNE of the features beside raw pixels (a DAE: noisy images too) (DvM, C10)
     saliency.png          AE, DAE, VAE, MCAE: how strongly each pixel moves the latent code (DvM)
     attention.png         MAE: last-layer CLS attention per head, on the whole and the masked image (DvM)
     weights.png           histogram of every weight tensor, no norm layers, no biases (DvM)
     interpolation.png     models with a decoder: walking the latent line between two images (C10)
     arithmetic.png        models with a decoder: class-mean latent arithmetic, e.g. dog - cat + bird (C10)
     vae_samples.png       VAE: images decoded from the prior                       (C10)
-    error_heatmaps.png    MCAE, MAE: per-pixel squared error at mask ratios 0.1, 0.3, 0.5 (C10)
+    error_heatmaps.png    MCAE, MAE: per-pixel squared error at mask ratios 0.1, 0.3, 0.5 and the trained one (C10)
 Comparing the runs, in --out (default: the parent of the first run dir):
     figures/psnr_per_epoch.png   test PSNR per epoch, a panel per dataset, masked models apart (C10, MLP)
     figures/loss_per_epoch.png   train and test loss per epoch, a panel per kind of loss; the VAE's KL (C10, MLP)
@@ -29,8 +28,8 @@ Comparing the runs, in --out (default: the parent of the first run dir):
     figures/mask_ratios.png      MCAE runs trained at different mask ratios, tested at 0.1, 0.3, 0.5 (C10)
     figures/vae_vs_ae.png        a VAE and an AE run of one dataset: originals and both reconstructions (C10)
     figures/three_levels.png     MCAE runs hiding nothing, random pixels and blocks (Mask)
-    report.md                    runs and settings, accuracy, reconstruction, filling-in and cluster tables,
-                                 PSNR and SSIM worked through for one image, links to every figure
+    report.md                    runs and settings, accuracy beside raw pixels and the untrained encoder,
+                                 reconstruction, filling-in and cluster tables, PSNR and SSIM worked through
 Measured on the first test images (up to 1000; a few hundred per class for t-SNE): minutes on a CPU.
 """
 import argparse
@@ -45,18 +44,24 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from matplotlib.colors import LogNorm, Normalize
 
-import evaluate
-import loop
+import figures
 import metrics
 import train
 from data import Data, RunError, load_data, to_float
-from drawing import fmt
-from figures import COMPARISON_FIGURES, PER_RUN_FIGURES
-from inspection import (MASK_RATIOS, NOISE_VARIANCES, in_batches, is_masked, masked_reconstruction, rank_in_class,
-                        test_images)
+from figures import MASK_RATIOS, NOISE_VARIANCES, is_masked
+from mae import MAE
+from mcae import random_mask
 
-DEFAULT_NOISE_STD = 0.316                     # t-SNE of noisy inputs for models trained without noise: variance 0.1
+N_MEASURE = 1000                              # test images behind the PSNR sweeps (fewer if the test set is)
+N_IMAGES = 8                                  # test images per image figure
+DEFAULT_NOISE_STD = 0.316                     # the DAE's default noise: variance 0.1
+# class-mean latent arithmetic a - b + c, by class name: the CIFAR-10 assignment's dog - cat + bird, and
+# one triple in the same spirit for the other datasets (what b lacks and a has, added to c)
+ARITHMETIC = {"mnist": ("7", "1", "0"), "fashion-mnist": ("Ankle boot", "Sneaker", "Sandal"),
+              "cifar10": ("dog", "cat", "bird"), "cifar10-jitter": ("dog", "cat", "bird")}
+INTERPOLATION_PAIRS = [(0, 1), (3, 5), (7, 9)]  # class indices of the image pairs to interpolate between
 
 
 class AnalyzeError(Exception):
@@ -64,7 +69,7 @@ class AnalyzeError(Exception):
 
 
 # -----------------------------------------------------------------------------
-# runs and data
+# runs, and which of their test images the analysis looks at
 
 
 @dataclasses.dataclass
@@ -73,7 +78,7 @@ class Run:
     path: str               # the run directory
     model: nn.Module        # in eval mode, on the analysis device
     kind: str               # 'ae', 'dae', 'vae', 'mcae' or 'mae'
-    args: dict              # train.py's arguments
+    args: dict              # train.py's flags
     config: dict            # the model's config, as saved in the checkpoint
     log: list               # one dict per epoch (log.jsonl)
     results: dict           # results.json (empty if the run stopped before writing it)
@@ -100,9 +105,21 @@ def load_runs(run_dirs, device, data_dir=None):
             datasets[key] = load_data(dataset, directory, device, seed=args["seed"], image_size=size, channels=channels)
         results_path = os.path.join(run_dir, "results.json")
         results = json.load(open(results_path)) if os.path.exists(results_path) else {}
-        log = loop.read_log(os.path.join(run_dir, "log.jsonl"), ckpt["epoch"])
+        log = train.read_log(os.path.join(run_dir, "log.jsonl"), ckpt["epoch"])
         runs.append(Run(name, run_dir, model, ckpt["model_name"], args, ckpt["config"], log, results, datasets[key]))
     return runs
+
+
+def rank_in_class(labels):
+    """For each test image, how many images of its class come before it: (N,) -> (N,)."""
+    onehot = F.one_hot(labels.cpu())
+    return (onehot.cumsum(0) * onehot).sum(1) - 1
+
+
+def class_indices(labels, n):
+    """Indices of n test images, one class after another (0, 1, 2, ..., 0, 1, ...): a row shows every class."""
+    labels = labels.cpu()
+    return torch.argsort(rank_in_class(labels) * (int(labels.max()) + 1) + labels)[:n]
 
 
 def balanced_indices(labels, per_class):
@@ -111,14 +128,67 @@ def balanced_indices(labels, per_class):
     return first[torch.argsort(labels.cpu()[first], stable=True)]
 
 
+def test_images(run, idx=N_MEASURE):
+    """Test images idx (a tensor of indices, or a count: the first ones) as floats in [0, 1]: (n, C, H, W)."""
+    if isinstance(idx, int):
+        idx = torch.arange(min(idx, len(run.data.test_x)))
+    return to_float(run.data.test_x[idx.to(run.data.test_x.device)])
+
+
+@torch.no_grad()
+def in_batches(function, x, batch_size=500):
+    return torch.cat([function(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
 def add_noise(x, std):
     return (x + std * torch.randn_like(x)).clamp(0, 1)  # clipped, as dae.py: still an image
 
 
 # -----------------------------------------------------------------------------
-# measuring: a run's numbers into a plain dict, RUN_DIR/analysis.json. Inputs are corrupted here, by
-# arguments (MAE.forward's mask_ratio, mcae.random_mask in inspection.masked_reconstruction, add_noise), never
-# by changing a model's config.
+# what a model makes of images: inputs are corrupted here, by arguments (MAE.forward's mask_ratio,
+# mcae.random_mask, add_noise), never by changing a model's config
+
+
+@torch.no_grad()
+def masked_reconstruction(model, x, mask_ratio, mask_type="block", block_size=8, seed=0):
+    """(input, reconstruction, mask) of the MAE or any conv/MLP AE at the mask setting given. The seed is
+    fixed, so two models given the same setting see the same masks. The MAE hides its own patches."""
+    torch.manual_seed(seed)
+    if isinstance(model, MAE):
+        _, out = model(x, mask_ratio=mask_ratio)
+        return out["input"], out["recon"], out["mask"]
+    block = block_size if mask_type == "block" else 1
+    mask = random_mask(len(x), x.shape[2], x.shape[3], block, mask_ratio, x.device).to(x.dtype)  # (B, 1, H, W)
+    inp = x * (1 - mask)
+    return inp, in_batches(lambda batch: model.decoder(model.encoder(batch)), inp), mask
+
+
+def jacobian_energy(model, x):
+    """For each input pixel, how strongly it moves the latent code: sum over latent units d and channels c
+    of (dz_d / dx_{c,h,w})^2, the pixel's share of the squared Frobenius norm of the Jacobian dz/dx.
+    (B, C, H, W) -> (B, H, W). Each image's Jacobian whole by reverse mode (torch.func.jacrev): one
+    backward pass per latent unit, batched, so the memory is D copies of one image."""
+    def encode_one(image):  # (C, H, W) -> (D,)
+        return model.encode(image.unsqueeze(0)).squeeze(0)
+
+    return torch.stack([torch.func.jacrev(encode_one)(image).pow(2).sum(dim=(0, 1)) for image in x])  # (B, H, W)
+
+
+def cls_attention(model, x, mask_ratio=0.0, seed=0):
+    """MAE.attention_maps at pixel size and in units of an even share (1 = as much as if the head looked at
+    every patch seen alike), so heads and images compare: -> (B, heads, H, W), and the mask (B, 1, H, W)."""
+    p = model.config.patch_size
+    torch.manual_seed(seed)
+    weights, mask = model.attention_maps(x, mask_ratio)                      # (B, heads, L), (B, L)
+    weights = weights * (1 - mask).sum(1).view(-1, 1, 1)                     # times the patches seen: mean 1
+    grid = x.shape[2] // p
+    maps, mask = (m.reshape(len(x), -1, grid, grid).repeat_interleave(p, 2).repeat_interleave(p, 3)
+                  for m in (weights, mask[:, None]))                         # a patch's weight on its p x p pixels
+    return maps, mask
+
+
+# -----------------------------------------------------------------------------
+# measuring: a run's numbers into a plain dict, RUN_DIR/analysis.json
 
 
 def measure_masking(run):
@@ -161,29 +231,31 @@ def probe_under_noise(run, variances, n_train=5000):
     x = test_images(run, len(run.data.test_x))
     accuracy = []
     for variance in [0.0] + variances:
-        torch.manual_seed(0)  # the same noise, and the same probe, for every run
+        torch.manual_seed(0)  # the same noise for every run
         test_f = in_batches(run.model.encode, add_noise(x, math.sqrt(variance)))
-        accuracy.append(evaluate.linear_probe(train_f, run.data.train_y[:n_train], test_f, run.data.test_y,
-                                           len(run.data.classes)))
+        accuracy.append(metrics.linear_probe(train_f, run.data.train_y[:n_train], test_f, run.data.test_y))
     return {"n_train": len(train_f), "variances": [0.0] + variances, "accuracy": accuracy}
 
 
 @torch.no_grad()
 def measure_tsne(run, per_class, n_iter):
-    """t-SNE of the latents of the same test images, clean and noisy (C10), with the cluster statistics
-    of both (DvM's class radius), in the latent space and in the embedding."""
+    """t-SNE of the features of the same test images and of their raw pixels (the baseline), and for a model
+    trained on noise of the noisy images too (C10), with the cluster statistics of each (DvM's class radius),
+    in the feature space and in the embedding."""
     idx = balanced_indices(run.data.test_y, per_class)
     x, labels = test_images(run, idx), run.data.test_y[idx.to(run.data.test_y.device)].cpu()
-    std = run.config.get("noise_std", DEFAULT_NOISE_STD)  # the run's own noise, else variance 0.1
+    std = run.config.get("noise_std", DEFAULT_NOISE_STD)
     torch.manual_seed(0)
     tsne = {"labels": labels, "per_class": torch.bincount(labels, minlength=len(run.data.classes)), "noise_std": std}
-    for name, images in [("clean", x), ("noisy", add_noise(x, std))]:
-        features = in_batches(run.model.encode, images)
+    sets = {"clean": in_batches(run.model.encode, x), "pixels": x.flatten(1)}
+    if run.kind == "dae":
+        sets["noisy"] = in_batches(run.model.encode, add_noise(x, std))
+    for name, features in sets.items():
         # perplexity must stay below the number of points: only tiny test sets get less than 30
         embedding = metrics.tsne_fast(features, n_iter=n_iter, perplexity=min(30.0, (len(x) - 1) / 3))
         tsne[name] = {"embedding": embedding, "latent": metrics.cluster_stats(features, labels.to(features.device)),
                       "tsne": metrics.cluster_stats(torch.from_numpy(embedding), labels)}
-    return {**tsne, "latent_size": features.shape[1]}
+    return {**tsne, "latent_size": sets["clean"].shape[1]}
 
 
 @torch.no_grad()
@@ -194,16 +266,10 @@ def measure_worked_example(run):
     x = test_images(run, 1)
     recon = run.model(x)[1]["recon"].float()
     mse = (recon - x).pow(2).mean().item()
-    g, C = metrics.gaussian_window(), x.shape[1]
-    maps = torch.cat([recon, x, recon * recon, x * x, recon * x], 1).double()  # (1, 5 C, H, W)
-    for kernel in (g.view(1, 1, -1, 1), g.view(1, 1, 1, -1)):  # window means: down the columns, along the rows
-        maps = F.conv2d(maps, kernel.expand(5 * C, 1, -1, -1), groups=5 * C)
-    mu_x, mu_y, e_xx, e_yy, e_xy = maps.chunk(5, 1)
-    # windows without (co)variance have contrast-structure factor 1: what is left is the brightness factor
-    brightness = metrics.ssim_formula(mu_x, mu_y, mu_x ** 2, mu_y ** 2, mu_x * mu_y)
-    ssim = metrics.ssim_formula(mu_x, mu_y, e_xx, e_yy, e_xy)
+    brightness, contrast_structure = metrics.ssim_maps(recon, x)
     return {"mse": mse, "psnr": 10 * math.log10(1 / max(mse, 1e-10)), "brightness": brightness.mean().item(),
-            "contrast_structure": (ssim / brightness).mean().item(), "ssim": ssim.mean().item()}
+            "contrast_structure": contrast_structure.mean().item(),
+            "ssim": (brightness * contrast_structure).mean().item()}
 
 
 def plain(value):
@@ -215,11 +281,12 @@ def plain(value):
 
 def measure(run, tsne_per_class, tsne_iters):
     """Every number the figures and report.md show of one run, computed once: a plain (json) dict with the
-    run's name, kind, dataset, classes, config, epochs and results.json, and what is measured here: tsne
+    run's name, kind, dataset, classes, config, epochs, log and results.json, and what is measured here: tsne
     (embeddings, cluster statistics), worked_example, noise (AE, DAE), masking (AE, MCAE, MAE)."""
     analysis = {"name": run.name, "kind": run.kind, "dataset": run.args["dataset"], "classes": run.data.classes,
-                "config": run.config, "epochs": run.log[-1]["epoch"] if run.log else run.args["epochs"], "results": run.results,
-                "tsne": measure_tsne(run, tsne_per_class, tsne_iters), "worked_example": measure_worked_example(run)}
+                "config": run.config, "epochs": run.log[-1]["epoch"] if run.log else run.args["epochs"],
+                "log": run.log, "results": run.results, "tsne": measure_tsne(run, tsne_per_class, tsne_iters),
+                "worked_example": measure_worked_example(run)}
     if run.kind in ("ae", "dae"):
         x = test_images(run)
         recon, noisy = psnr_against_noise(run.model, x, NOISE_VARIANCES)
@@ -231,155 +298,201 @@ def measure(run, tsne_per_class, tsne_iters):
 
 
 # -----------------------------------------------------------------------------
-# report.md: from the analysis dicts alone
+# per-run figures: each runs the model on test images and hands figures.py the pictures, or returns None
+# where it does not apply
 
 
-def table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows] + [""])
+@torch.no_grad()
+def reconstructions(run, analysis, path):
+    idx = class_indices(run.data.test_y, N_IMAGES)
+    x = test_images(run, idx)
+    torch.manual_seed(0)  # the same noise / masks every time the figure is drawn
+    _, out = run.model(x)
+    rows, labels, score = [list(x)], ["original"], f"PSNR {metrics.psnr(out['recon'], x).mean():.1f} dB"
+    if "mask" in out and out["mask"].any():  # a ratio-0 MCAE hides nothing: no row for it
+        rows, labels = rows + [list(figures.mark_hidden(out["input"], out["mask"]))], labels + ["masked input\n(hidden: blue)"]
+        score = f"PSNR on hidden pixels {torch.nanmean(metrics.hidden_psnr(out['recon'], x, out['mask'])):.1f} dB"
+    elif not torch.equal(out["input"], x):  # AE and VAE see the image itself: no row
+        rows, labels = rows + [list(out["input"])], labels + ["noisy input"]
+    if "prediction" in out:  # the MAE predicts every patch; its reconstruction keeps the visible ones
+        rows, labels = rows + [list(out["prediction"])], labels + ["prediction\n(every patch)"]
+        labels.append("reconstruction\n(visible patches\npasted back)")
+    else:
+        labels.append("reconstruction")
+    return figures.grid_figure(rows + [list(out["recon"])], path, labels,
+                               [run.data.classes[y] for y in run.data.test_y[idx.to(run.data.test_y.device)]],
+                               f"{run.name}: reconstructions of test images ({score}, mean of these {len(idx)})")
 
 
-def best_reconstructions(analyses):
-    """The best run of each group of runs whose PSNRs compare: one dataset, masked models apart, scored on
-    the hidden pixels (the MAE's whole-image PSNR counts the patches it copied).
-    -> {(dataset, masked): (analysis, results key)}"""
-    best = {}
-    for a in analyses:
-        group = a["dataset"], is_masked(a["kind"], a["config"])
-        key = "psnr_hidden" if group[1] else "psnr"
-        if a["results"].get(key) is not None and (group not in best or a["results"][key] > best[group][0]["results"][key]):
-            best[group] = (a, key)
-    return best
+def tsne(run, analysis, path):
+    return figures.plot_tsne(analysis, path)
 
 
-def summary(analyses):
-    """The best accuracy and the best reconstruction, each among runs that compare."""
-    sentences = []
-    for dataset in dict.fromkeys(a["dataset"] for a in analyses):
-        for key, label in [("linear_acc", "linear-probe"), ("finetune_acc", "fine-tune")]:
-            scored = [a for a in analyses if a["dataset"] == dataset and a["results"].get(key) is not None]
-            if scored:
-                top = max(scored, key=lambda a: a["results"][key])
-                sentences.append(f"On {dataset}, the best {label} accuracy is {top['name']}'s ({top['results'][key]:.1%}).")
-    for (dataset, masked), (top, key) in best_reconstructions(analyses).items():
-        what, pixels = ("masked model", " on the hidden pixels") if masked else ("model given whole or noisy images", "")
-        sentences.append(f"On {dataset}, the best reconstruction by a {what} is {top['name']}'s, "
-                         f"{top['results'][key]:.2f} dB PSNR{pixels} on the test set.")
-    return " ".join(sentences)
+def saliency(run, analysis, path):
+    if run.kind == "mae":
+        return None
+    x = test_images(run, class_indices(run.data.test_y, N_IMAGES))
+    energy = jacobian_energy(run.model, x).detach()
+    low, high = energy.amin(dim=(1, 2), keepdim=True), energy.amax(dim=(1, 2), keepdim=True)
+    normalised = (energy - low) / (high - low).clamp(min=1e-12)  # each map to [0, 1]
+    return figures.grid_figure([list(x), list(figures.heat_images(normalised))], path, ["input", "saliency"],
+                               title=f"{run.name}: saliency, sum over latent units of (d z / d pixel)^2",
+                               heat_label="saliency (per image, 0-1)")
 
 
-def runs_section(analyses):
-    """The runs and the settings that tell them apart (the MLP report's architecture, latent size, L1, noise)."""
-    rows = []
-    for a in analyses:
-        config, results = a["config"], a["results"]
-        arch = (f"ViT patch {config['patch_size']}, depth {config['depth']}" if a["kind"] == "mae" else
-                f"{config['arch']} " + "-".join(map(str, config["hidden" if config["arch"] == "mlp" else "channels"])))
-        corruption = (f"noise std {config['noise_std']:.3g} (variance {config['noise_std'] ** 2:.2g})" if a["kind"] == "dae"
-                      else f"{config.get('mask_type', 'patch')} mask {config['mask_ratio']}"
-                      if is_masked(a["kind"], config) else "none")
-        rows.append([a["name"], a["kind"], a["dataset"], arch, a["tsne"]["latent_size"], f"{config.get('l1', 0):g}",
-                     corruption, fmt(results.get("train_size"), None), a["epochs"] or "–",
-                     fmt(results.get("parameters"), None)])
-    return ["## Runs", "", table(["run", "model", "dataset", "architecture", "latent size", "L1", "input corruption",
-                                  "training images", "epochs", "parameters"], rows)]
+def attention(run, analysis, path, n=4):
+    """Each image twice: whole, and masked at the training ratio as in pretraining (DvM)."""
+    if run.kind != "mae":
+        return None
+    x = test_images(run, class_indices(run.data.test_y, n))
+    ratio = run.config["mask_ratio"]
+    shown = [cls_attention(run.model, x), cls_attention(run.model, x, ratio)]
+    # one log scale for every map, from the least to the most attention any patch got: a head spread
+    # evenly reads as mid-dark and a focused one as bright, which each map's own 0 .. max would hide
+    seen = torch.cat([maps[(mask == 0).expand_as(maps)] for maps, mask in shown])
+    scale = LogNorm(seen.min().clamp(min=1e-3).item(), seen.max().item(), clip=True)
+    rows = [[image, *figures.heat_images(image_maps, scale, hidden=image_mask.expand_as(image_maps))]
+            for maps, mask in shown for image, image_maps, image_mask in
+            zip(figures.mark_hidden(x * (1 - mask), mask), maps, mask)]
+    return figures.grid_figure(rows, path, ["whole"] * n + ["masked"] * n,
+                               ["input"] + [f"head {h + 1}" for h in range(len(rows[0]) - 1)],
+                               f"{run.name}: last-layer CLS attention per head, on the whole image and with {ratio:.0%} "
+                               "of patches hidden (blue: hidden, no attention)", heat_scale=scale,
+                               heat_label="attention / an even share (1 = as if every patch seen got the same)",
+                               cell=1.3)
 
 
-def accuracy_section(analyses):
-    """A column per protocol that ran in any of the runs (DvM's accuracy table)."""
-    protocols = [(key, label) for key, label in [("linear_acc", "linear probe"), ("knn_acc", "k-NN"),
-                                                 ("finetune_acc", "fine-tune")]
-                 if any(key in a["results"] for a in analyses)]
-    return ["## Classification accuracy (test set)", "", table(["run"] + [label for _, label in protocols], [
-        [a["name"]] + [fmt(a["results"].get(key)) for key, _ in protocols] for a in analyses])] if protocols else []
+def weights(run, analysis, path):
+    named = [(f"{name}.weight", m.weight.detach().float().cpu().numpy()) for name, m in run.model.named_modules()
+             if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))]
+    return figures.plot_weights(named, run.name, path)
 
 
-def reconstruction_section(analyses):
-    rows = [[a["name"], fmt(r.get("psnr"), 2), fmt(r.get("ssim")), fmt(r.get("mse"), 5), fmt(r.get("mae"), 5),
-             # 99.9: metrics.psnr's 100 dB cap for an input equal to the image, not a measurement
-             "clean" if r.get("psnr_input", 0) >= 99.9 else fmt(r.get("psnr_input"), 2), fmt(r.get("psnr_hidden"), 2)]
-            for a in analyses for r in [a["results"]]]
-    return ["## Reconstruction (test set)", "", "PSNR of input: the noisy or masked image the encoder saw against the "
-            "original (clean: the image itself). Hidden PSNR: masked models, over the hidden pixels only. Mean abs. "
-            "error: mean |reconstruction - original| per pixel.", "",
-            table(["run", "PSNR (dB)", "SSIM", "MSE", "mean abs. error", "PSNR of input (dB)", "hidden PSNR (dB)"], rows)]
+@torch.no_grad()
+def interpolation(run, analysis, path, steps=10):
+    labels, classes = run.data.test_y.cpu(), run.data.classes
+    pairs = [(a, b) for a, b in INTERPOLATION_PAIRS if (labels == a).any() and (labels == b).any()]
+    if not hasattr(run.model, "decode") or not pairs:
+        return None
+    rows, t = [], torch.linspace(0, 1, steps)
+    for a, b in pairs:
+        images = test_images(run, torch.stack([torch.nonzero(labels == c)[0, 0] for c in (a, b)]))
+        z = run.model.encode(images)  # (2, D)
+        rows.append([images[0], *run.model.decode((1 - t[:, None]) * z[0] + t[:, None] * z[1]), images[1]])
+    return figures.grid_figure(rows, path, [f"{classes[a]}\nto {classes[b]}" for a, b in pairs],
+                               ["image A"] + [f"t={v:.2f}" for v in t.tolist()] + ["image B"],
+                               title=f"{run.name}: decoded (1-t) z_A + t z_B between two test images")
 
 
-def noise_section(analyses):
-    noisy = [a for a in analyses if "noise" in a]
-    if not noisy:
-        return []
-    probe = noisy[0]["noise"]["probe"]
-    return ["## PSNR (dB) against input noise", "", f"The first {noisy[0]['noise']['n_images']} test images, Gaussian "
-            "noise clipped to [0, 1].", "", table(["run"] + [f"variance {v}" for v in NOISE_VARIANCES], [
-                [a["name"]] + [fmt(v, 2) for v in a["noise"]["psnr"]] for a in noisy]), "",
-            "## Classifying latents of noisy images", "", f"A linear probe trained on the latents of {probe['n_train']} "
-            "clean training images, tested on the latents of every test image with noise added: how far noise moves "
-            "a latent away from its class.", "", table(["run"] + [f"variance {v}" for v in probe["variances"]], [
-                [a["name"]] + [fmt(v, 3) for v in a["noise"]["probe"]["accuracy"]] for a in noisy])]
+@torch.no_grad()
+def arithmetic(run, analysis, path):
+    # your own folder: the first three classes, a - b + c
+    names, labels = ARITHMETIC.get(run.args["dataset"], tuple(run.data.classes[:3])), run.data.test_y.cpu()
+    ids = [run.data.classes.index(name) for name in names]
+    if not hasattr(run.model, "decode") or len(ids) < 3 or not all((labels == c).any() for c in ids):
+        return None
+    # class means of the latents of (at most) the first 1000 test images of each class
+    means = [in_batches(run.model.encode, test_images(run, torch.nonzero(labels == c).flatten()[:1000])).mean(0)
+             for c in ids]
+    decoded = run.model.decode(torch.stack(means + [means[0] - means[1] + means[2]]))
+    return figures.grid_figure([list(decoded)], path,
+                               col_labels=[f"mean {name}" for name in names] + [f"{names[0]} - {names[1]}\n+ {names[2]}"],
+                               title=f"{run.name}: class-mean latent arithmetic", cell=1.6)
 
 
-def filling_section(analyses):
-    """What training with masks buys (C10): every mask setting of every run, a setting's rows together, so
-    an MCAE sits beside the plain AEs given the very same masked images."""
-    rows = sorted(((a["dataset"], s["mask_type"], s["block_size"], s["mask_ratio"], a["name"]), s)
-                  for a in analyses if "masking" in a for s in a["masking"]["settings"])
-    n = next((a["masking"]["n_images"] for a in analyses if "masking" in a), 0)
-    return ["## Filling in hidden pixels", "", f"The first {n} test images, masked the same way for every model: "
-            "MCAE and MAE runs beside the plain AEs (AE runs, MCAE runs at mask ratio 0). Black fill: the hidden PSNR "
-            "of leaving the holes black, what a model that learned nothing scores (high where the holes fall on "
-            "background).", "", table(["run", "dataset", "mask", "PSNR (dB)", "hidden PSNR (dB)",
-                                       "black fill hidden PSNR (dB)"], [
-                [name, dataset, f"{kind} {ratio}" + (f" ({block}x{block})" if kind == "block" else ""),
-                 fmt(s["psnr"], 2), fmt(s["hidden_psnr"], 2), fmt(s["black_fill_hidden_psnr"], 2)]
-                for (dataset, kind, block, ratio, name), s in rows])] if rows else []
+@torch.no_grad()
+def vae_samples(run, analysis, path, n=8):
+    if run.kind != "vae":
+        return None
+    torch.manual_seed(0)
+    samples = run.model.sample(n * n)
+    return figures.grid_figure([list(samples[i * n:(i + 1) * n]) for i in range(n)], path,
+                               title=f"{run.name}: {n * n} samples, z ~ N(0, I) decoded", cell=0.8)
 
 
-def cluster_section(analyses):
-    """DvM's cluster radius per class, in the t-SNE embedding and in the latent space; a table per dataset."""
-    lines = ["## Clusters", "",
-             "Radius of a class: the mean distance of its points to their centre (as the DAE-vs-MAE study), over the "
-             "clean test images of the t-SNE figure. In the 2-D t-SNE embedding it is in t-SNE units; in "
-             "the latent space it is divided by the mean distance of all points to the overall centre, "
-             "so models with latents of different sizes and scales compare fairly. Smaller is tighter; "
-             "a higher silhouette (-1 .. 1) means better separated classes.", ""]
-    for dataset in dict.fromkeys(a["dataset"] for a in analyses):
-        members = [a for a in analyses if a["dataset"] == dataset]
-        for title, source, key in [("t-SNE radius", "tsne", "radius"), ("latent radius / spread", "latent",
-                                                                         "relative_radius")]:
-            stats = [a["tsne"]["clean"][source] for a in members]
-            # cluster_stats stops at the largest label present: a class past it has no radius
-            rows = [[name] + [fmt(s[key][c] if c < len(s[key]) else None, 3) for s in stats]
-                    for c, name in enumerate(members[0]["classes"])]
-            rows += [["**mean**"] + [fmt(float(np.nanmean(s[key])), 3) for s in stats],
-                     ["**silhouette**"] + [fmt(s["silhouette"], 3) for s in stats]]
-            lines += [f"### {title}, {dataset}", "", table(["class"] + [a["name"] for a in members], rows)]
-    return lines
+def error_heatmaps(run, analysis, path, n=6):
+    if run.kind not in ("mcae", "mae"):
+        return None
+    x = test_images(run, class_indices(run.data.test_y, n))
+    # the run's own kind of mask, as measure_masking: the assignment's ratios and the one it was trained at
+    setting = analysis["masking"]["settings"][-1]
+    scores = {s["mask_ratio"]: s for s in analysis["masking"]["settings"] if s["mask_type"] == setting["mask_type"]}
+    shown = [masked_reconstruction(run.model, x, ratio, setting["mask_type"], setting["block_size"]) for ratio in scores]
+    errors = [(recon - x).pow(2).mean(1) for _, recon, _ in shown]  # (n, H, W), averaged over channels
+    # linear up to the 99.5th percentile: a few outliers should not wash out the rest
+    scale = Normalize(0, max(torch.stack(errors).quantile(0.995).item(), 1e-3), clip=True)
+    rows, labels = [], []
+    trained = run.config["mask_ratio"]
+    for ratio, (inp, recon, mask), error in zip(scores, shown, errors):
+        rows += [list(figures.mark_hidden(inp, mask)), list(recon), list(figures.heat_images(error, scale))]
+        score = scores[ratio]  # beside what leaving the holes black scores: high where they hit background
+        labels += [f"ratio {ratio}{' (trained)' if ratio == trained else ''}:\ninput (hidden: blue)", "reconstruction",
+                   f"squared error\nhidden PSNR {score['hidden_psnr']:.1f} dB\n(black fill "
+                   f"{score['black_fill_hidden_psnr']:.1f} dB)"]
+    return figures.grid_figure(rows, path, labels, title=f"{run.name}: per-pixel squared error at mask ratios "
+                               f"{', '.join(map(str, scores))}, trained at {trained}\n(PSNRs over the first "
+                               f"{analysis['masking']['n_images']} test images)", heat_scale=scale,
+                               heat_label="squared error")
 
 
-def write_report(analyses, out_dir, figures=None):
-    """report.md from the analysis dicts alone (as in analysis.json); figures: {label: {name: path}} to link."""
-    worked = [[a["name"]] + [fmt(a["worked_example"][key], digits) for key, digits in
-                             [("mse", 5), ("psnr", 2), ("brightness", 4), ("contrast_structure", 4), ("ssim", 4)]]
-              for a in analyses]
-    sections = [runs_section, accuracy_section, reconstruction_section, noise_section, filling_section, cluster_section]
-    lines = ["# nanoAE report", "", summary(analyses), ""] + sum((section(analyses) for section in sections), []) + [
-        "## PSNR and SSIM worked through: the first test image", "",
-        "PSNR = 10 log10(1 / MSE) for pixels in [0, 1]. SSIM compares 11x11 Gaussian windows (sigma 1.5) of the "
-        "reconstruction x and the original y: per window a brightness factor (2 mu_x mu_y + C1) / (mu_x^2 + "
-        "mu_y^2 + C1) times a contrast-structure factor (2 cov_xy + C2) / (var_x + var_y + C2), C1 = 0.01^2, "
-        "C2 = 0.03^2, averaged over the windows. The columns give each factor's mean; SSIM is the mean of their "
-        "product, near but not equal to the product of the means.", "",
-        table(["run", "MSE", "PSNR = 10 log10(1/MSE) (dB)", "brightness", "contrast-structure", "SSIM"], worked)]
-    if figures:  # relative to report.md: also the list of what was drawn
-        lines += ["## Figures", ""] + [f"- {label}: " + ", ".join(
-            f"[{name}]({os.path.relpath(path, out_dir)})" for name, path in by_name.items())
-            for label, by_name in figures.items()]
-    path = os.path.join(out_dir, "report.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print(f"wrote {path}")
-    return path
+PER_RUN_FIGURES = {"reconstructions": reconstructions, "tsne": tsne, "saliency": saliency, "attention": attention,
+                   "weights": weights, "interpolation": interpolation, "arithmetic": arithmetic,
+                   "vae_samples": vae_samples, "error_heatmaps": error_heatmaps}
+
+
+# -----------------------------------------------------------------------------
+# figures comparing runs: from the analyses alone, or with images the models make here
+
+
+@torch.no_grad()
+def vae_vs_ae(runs, analyses, path):
+    for vae in (run for run in runs if run.kind == "vae"):
+        # an AE run, or an MCAE run with nothing masked (the same model)
+        ae = next((run for run in runs if run.args["dataset"] == vae.args["dataset"] and (
+            run.kind == "ae" or (run.kind == "mcae" and run.config["mask_ratio"] == 0))), None)
+        if ae is not None:
+            x = test_images(vae, class_indices(vae.data.test_y, N_IMAGES))
+            recons = [vae.model(x)[1]["recon"], ae.model(x)[1]["recon"]]
+            labels = [f"{what} ({run.name})\nPSNR {metrics.psnr(recon, x).mean():.1f} dB"
+                      for what, run, recon in zip(("VAE", "AE"), (vae, ae), recons)]
+            return figures.grid_figure([list(x)] + [list(r) for r in recons], path, ["original"] + labels,
+                                       title="VAE against AE reconstructions of the same test images")
+    return None
+
+
+@torch.no_grad()
+def three_levels(runs, analyses, path):
+    """The masking tutorial's three levels from MCAE runs of one dataset: nothing hidden, random pixels,
+    blocks (of several runs of a level, the most masked: the tutorial's ratio 0.5)."""
+    by_dataset = {}
+    for run in sorted((run for run in runs if run.kind == "mcae"), key=lambda run: run.config["mask_ratio"]):
+        level = "identity" if run.config["mask_ratio"] == 0 else run.config["mask_type"]
+        by_dataset.setdefault(run.args["dataset"], {})[level] = run
+    levels = next((levels for levels in by_dataset.values() if len(levels) == 3), None)
+    if levels is None:
+        return None
+    drawn = []
+    for level, name in [("identity", "1. identity"), ("pixel", "2. random pixels"), ("block", "3. blocks")]:
+        run, config, results = levels[level], levels[level].config, levels[level].results
+        torch.manual_seed(0)
+        _, out = run.model(test_images(run, class_indices(run.data.test_y, N_IMAGES)))
+        size = f" of {config['block_size']}x{config['block_size']}" if level == "block" else ""
+        title = f"{name} ({run.name}): " + (
+            f"nothing hidden, test PSNR {figures.fmt(results.get('psnr'), 1)} dB" if level == "identity" else
+            f"{config['mask_ratio']:.0%} hidden in {level}s{size}, test PSNR "
+            f"{figures.fmt(results.get('psnr_hidden'), 1)} dB on hidden pixels")
+        drawn.append((title, [list(figures.mark_hidden(out["input"], out["mask"])), list(out["recon"])],
+                      ["input\n(hidden: blue)", "reconstruction"]))
+    return figures.plot_levels(drawn, path)
+
+
+COMPARISON_FIGURES = {
+    "psnr_per_epoch": lambda runs, analyses, path: figures.plot_psnr_per_epoch(analyses, path),
+    "loss_per_epoch": lambda runs, analyses, path: figures.plot_loss_per_epoch(analyses, path),
+    "psnr_vs_noise": lambda runs, analyses, path: figures.plot_psnr_vs_noise(analyses, path),
+    "psnr_per_latent": lambda runs, analyses, path: figures.plot_psnr_per_latent(analyses, path),
+    "mask_ratios": lambda runs, analyses, path: figures.plot_mask_ratios(analyses, path),
+    "vae_vs_ae": vae_vs_ae, "three_levels": three_levels}
 
 
 # -----------------------------------------------------------------------------
@@ -422,19 +535,19 @@ def main(argv=None):
         t0 = time.time()
         runs = load_runs(args.run_dirs, args.device, args.data_dir)
         print(f"loaded {len(runs)} run(s) in {time.time() - t0:.1f}s: {', '.join(run.name for run in runs)}")
-        analyses, figures = [], {}
+        analyses, drawn = [], {}
         for run in runs:
-            print(f"{run.name}: {evaluate.dead_run_warning(run.results) or 'measuring'}")
+            print(f"{run.name}: {train.dead_run_warning(run.results) or 'measuring'}")
             analyses.append(measure(run, args.tsne_per_class, args.tsne_iters))
             with open(os.path.join(run.path, "analysis.json"), "w") as f:
                 json.dump(analyses[-1], f, indent=1)
-            figures[run.name] = draw(PER_RUN_FIGURES, (run, analyses[-1]), run.path)
-        figures["comparing runs"] = draw(COMPARISON_FIGURES, (runs, analyses), args.out)
-        write_report(analyses, args.out, figures)
+            drawn[run.name] = draw(PER_RUN_FIGURES, (run, analyses[-1]), run.path)
+        drawn["comparing runs"] = draw(COMPARISON_FIGURES, (runs, analyses), args.out)
+        figures.write_report(analyses, args.out, drawn)
         print(f"done in {time.time() - t0:.1f}s")
     finally:
         torch.set_num_threads(threads)  # main() called from Python (tests) leaves the process as it was
-    return runs, analyses, figures
+    return runs, analyses, drawn
 
 
 if __name__ == "__main__":

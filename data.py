@@ -18,7 +18,6 @@ import tempfile
 import time
 
 import torch
-import torch.nn.functional as F
 
 DIGITS = [str(i) for i in range(10)]
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -96,6 +95,38 @@ def load_split(dataset, data_dir, train):
     return images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.long)
 
 
+def available_memory():
+    """Bytes of memory this process can still take: Linux's MemAvailable, else the machine's total, else
+    None (unknown: nothing is checked)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the file counts in KiB
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows)
+        return None
+
+
+def check_memory(n_images, channels, image_size, root, batch_images=1024):
+    """Refuse, before any file is opened, a folder whose images cannot fit in memory at this size.
+
+    Reading holds each image once as it is read and once more in the stacked split (2 bytes a value as
+    uint8), and batches of up to batch_images images are made float (4 bytes a value) for the model and
+    the evaluation.
+    """
+    values = channels * image_size * image_size
+    needed = 2 * n_images * values + 4 * min(n_images, batch_images) * values
+    available = available_memory()
+    if available is not None and needed > available:
+        raise RunError(f"{root}: {n_images} images of {channels}x{image_size}x{image_size} need about "
+                       f"{needed / 2 ** 30:.1f} GiB of memory, and {available / 2 ** 30:.1f} GiB is available: "
+                       f"use a smaller --image-size or fewer images")
+
+
 def read_image_folder(root, image_size, channels):
     """Images (N, C, S, S) uint8, labels (N,) and class names of an ImageFolder tree, root/<class>/<file>.
 
@@ -113,6 +144,7 @@ def read_image_folder(root, image_size, channels):
         folder = torchvision.datasets.ImageFolder(root)  # lists classes and files, reads no image yet
     except FileNotFoundError as e:  # no class folder, or no image file in any
         raise RunError(f"{root}: {str(e).rstrip('.')}. {layout}") from None
+    check_memory(len(folder.samples), channels, image_size, root)
     resize = torchvision.transforms.Resize((image_size, image_size), antialias=True)
     images, labels, skipped = [], [], 0
     last_print = time.time()
@@ -154,11 +186,12 @@ def load_folder(data_dir, image_size, channels, seed):
 
 
 # -----------------------------------------------------------------------------
-# augmentation: whole batches on the device, one random draw per image
+# images as floats, and colour jitter: whole batches on the device, one random draw per image
 
 
 def to_float(images_uint8):
-    return images_uint8.float().div_(255)
+    """uint8 images (values 0..255) -> a new float tensor in [0, 1]; the input is left as it is."""
+    return images_uint8.float() / 255
 
 
 def color_jitter(x, generator=None):
@@ -189,22 +222,6 @@ def color_jitter(x, generator=None):
     i, q = yiq[:, 1], yiq[:, 2]
     yiq = torch.stack([yiq[:, 0], cos * i - sin * q, sin * i + cos * q], dim=1)
     return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(rgb_to_yiq), yiq).clamp(0, 1)
-
-
-def random_shift_flip(x, max_shift=2, flip=True):
-    """Each image of a (B, C, H, W) batch moved by up to max_shift pixels each way (zeros fill in)
-    and, if flip, mirrored left-right with probability 1/2: the light end of the augmentation that
-    ViT fine-tuning recipes use against memorising small datasets (--augment shift-flip)."""
-    B, C, H, W = x.shape
-    padded = F.pad(x, (max_shift,) * 4)  # (B, C, H + 2s, W + 2s)
-    offsets = torch.randint(0, 2 * max_shift + 1, (2, B, 1), device=x.device)  # top-left corner per image
-    rows = torch.arange(H, device=x.device) + offsets[0]  # (B, H): the padded rows each image keeps
-    cols = torch.arange(W, device=x.device) + offsets[1]  # (B, W)
-    if flip:  # reading the columns backwards mirrors the image
-        cols = torch.where(torch.rand(B, 1, device=x.device) < 0.5, cols.flip(1), cols)
-    batch = torch.arange(B, device=x.device).view(B, 1, 1)
-    out = padded.permute(0, 2, 3, 1)[batch, rows.view(B, H, 1), cols.view(B, 1, W)]  # (B, H, W, C)
-    return out.permute(0, 3, 1, 2).contiguous()
 
 
 # -----------------------------------------------------------------------------

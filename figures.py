@@ -1,233 +1,220 @@
 """
-Every figure analyze.py draws, from the dicts analyze.measure makes (RUN_DIR/analysis.json) and, for the
-figures that show images, from the runs' models and test images (picked and run through the models by
-inspection.py), with the building blocks of drawing.py (panels, saving, heatmap colours, image grids).
-analyze.py's docstring lists the figures (python analyze.py --help).
+Drawing what analyze.py measured: every figure (matplotlib) and report.md. Nothing here runs a model or
+reads a dataset: each function takes arrays, or the plain dicts analyze.measure makes (RUN_DIR/analysis.json,
+with the run's log, results and config), and writes one file.
 
-A per-run figure is plot_x(run, analysis, path), a figure comparing runs plot_x(runs, analyses, path):
-each returns the path it wrote, or None where it does not apply (PER_RUN_FIGURES, COMPARISON_FIGURES).
-A run is an analyze.Run (model, kind, config, args, log, results, data); this module does not import
-analyze.py, which imports it.
+- building blocks: a figure of panels, saving it, heatmap colours, the hidden-pixel colour, a grid of images
+- per-run figures that need no images: the t-SNE of the features, the weight histograms
+- figures comparing runs: PSNR and loss per epoch, PSNR against noise, against latent size, against mask ratio
+- report.md: the runs, what their features are worth beside raw pixels and the untrained encoder,
+  reconstruction, denoising, filling in, clusters, PSNR and SSIM worked through for one image
 """
+import math
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
-import torch.nn as nn
-from matplotlib.colors import LogNorm, Normalize
+from matplotlib.ticker import MaxNLocator
+from torchvision.utils import make_grid
 
-import metrics
-from drawing import draw_grid, finish_axes, fmt, grid_figure, heat_images, mark_hidden, panels, save
-from inspection import (MASK_RATIOS, NOISE_VARIANCES, class_indices, cls_attention, in_batches, is_masked,
-                        jacobian_energy, masked_reconstruction, test_images)
+plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "figure.titlesize": 11, "legend.fontsize": 8,
+                     "axes.formatter.useoffset": False})  # flat curves: 9.5589, not "1e-5 + 9.5589"
 
-N_IMAGES = 8                                  # test images per image figure
-AE_FAMILY = ("ae", "dae", "vae", "mcae")      # encoders that saliency maps are drawn for
-# class-mean latent arithmetic a - b + c, by class name: the CIFAR-10 assignment's dog - cat + bird, and
-# one triple in the same spirit for the other datasets (what b lacks and a has, added to c)
-ARITHMETIC = {"mnist": ("7", "1", "0"), "fashion-mnist": ("Ankle boot", "Sneaker", "Sandal"),
-              "cifar10": ("dog", "cat", "bird"), "cifar10-jitter": ("dog", "cat", "bird")}
-INTERPOLATION_PAIRS = [(0, 1), (3, 5), (7, 9)]  # class indices of the image pairs to interpolate between
+NOISE_VARIANCES = [0.01, 0.02, 0.05, 0.1]     # the MLP report's noise levels, as variances
+MASK_RATIOS = [0.1, 0.3, 0.5]                 # the CIFAR-10 assignment's MCAE mask ratios
+
+
+def is_masked(kind, config):
+    """Masked models are scored on the hidden pixels: a whole-image PSNR counts the visible part too."""
+    return kind == "mae" or (kind == "mcae" and config["mask_ratio"] > 0)
+
+
+def fmt(value, digits=4):
+    """A number for a title or report.md's tables: "–" where there is none; digits None: 12,345."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:,}" if digits is None else f"{value:.{digits}f}"
 
 
 # -----------------------------------------------------------------------------
-# per-run figures, plot_x(run, analysis, path): each returns the path written, or None when the figure
-# does not apply to the run
+# building blocks
 
 
-@torch.no_grad()
-def plot_reconstructions(run, analysis, path):
-    idx = class_indices(run.data.test_y, N_IMAGES)
-    x = test_images(run, idx)
-    torch.manual_seed(0)  # the same noise / masks every time the figure is drawn
-    _, out = run.model(x)
-    rows, labels, score = [list(x)], ["original"], f"PSNR {metrics.psnr(out['recon'], x).mean():.1f} dB"
-    if "mask" in out and out["mask"].any():  # a ratio-0 MCAE hides nothing: no row for it
-        rows, labels = rows + [list(mark_hidden(out["input"], out["mask"]))], labels + ["masked input\n(hidden: blue)"]
-        score = f"PSNR on hidden pixels {torch.nanmean(metrics.hidden_psnr(out['recon'], x, out['mask'])):.1f} dB"
-    elif "mask" not in out and not torch.equal(out["input"], x):  # AE and VAE see the image itself: no row
-        rows, labels = rows + [list(out["input"])], labels + ["noisy input"]
-    return grid_figure(rows + [list(out["recon"])], path, labels + ["reconstruction"],
-                       [run.data.classes[y] for y in run.data.test_y[idx.to(run.data.test_y.device)]],
-                       f"{run.name}: reconstructions of test images ({score}, mean of these {len(idx)})")
+def panels(n, width=6, height=4, per_row=None):
+    """A figure of n panels of width x height inches, per_row to a row (default: all in one); the places
+    of the last row that no panel fills are left blank. -> (figure, the axes in reading order)"""
+    n_rows, n_cols = math.ceil(n / (per_row or n)), min(per_row or n, n)
+    fig = plt.figure(figsize=(width * n_cols, height * n_rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(n_rows, n_cols)).ravel()
+    for ax in axes[n:]:
+        ax.axis("off")
+    return fig, axes
 
 
-def plot_tsne(run, analysis, path):
-    tsne, classes = analysis["tsne"], run.data.classes
+def save(fig, path, title, **style):
+    """The figure with its title (style: fig.suptitle's options) to path as a PNG, then closed: pyplot
+    keeps every open figure, and a run of the analysis draws dozens."""
+    fig.suptitle(title, **style)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight", pad_inches=0.1)  # tight: no label is ever cut off
+    plt.close(fig)
+    print(f"wrote {path}")
+    return path
+
+
+HEAT_CMAP = plt.get_cmap("inferno")
+HIDDEN_COLOUR = (0.2, 0.4, 0.8)  # hidden pixels, in images and heatmaps alike
+UNIT_SCALE = matplotlib.colors.Normalize(0, 1, clip=True)  # heat 0 .. 1, linear; past either end: its end colour
+
+
+def heat_images(heat, scale=UNIT_SCALE, hidden=None):
+    """Heatmaps (B, H, W) -> (B, 3, H, W) colours of HEAT_CMAP on the colour scale `scale` (a matplotlib
+    Normalize); where hidden (B, H, W) is 1, HIDDEN_COLOUR instead, so a hidden pixel never reads as a cold
+    one. Drawn on their own, not blended over the image, where bright strokes would look hot."""
+    heat = heat.detach().float().cpu().numpy()
+    # flat in, shape back: a log scale takes 1-D arrays only; masked values (<= 0 on a log scale) -> bottom
+    levels = scale(heat.ravel()).filled(0).reshape(heat.shape)
+    colours = torch.from_numpy(HEAT_CMAP(levels)[..., :3]).permute(0, 3, 1, 2).float()  # (B, 3, H, W)
+    if hidden is not None:
+        colours = mark_hidden(colours, hidden.cpu().float().unsqueeze(1))
+    return colours
+
+
+def mark_hidden(images, mask):
+    """Images (B, C, H, W) with their hidden pixels (mask (B, 1, H, W) = 1) painted HIDDEN_COLOUR: the
+    encoder saw zeros there, but black holes vanish into a black background. -> (B, 3, H, W)"""
+    colour = torch.tensor(HIDDEN_COLOUR, device=images.device).view(1, 3, 1, 1)
+    return images.expand(-1, 3, -1, -1) * (1 - mask) + colour * mask
+
+
+def draw_grid(ax, rows, row_labels=(), col_labels=(), pad=2):
+    """Rows of images (C, H, W) in [0, 1] as one mosaic with white gaps (make_grid) on one axes. The labels
+    are the axes' tick labels, so the figure's layout makes room for them."""
+    cells = [cell.detach().float().cpu().clamp(0, 1).expand(3, -1, -1) for row in rows for cell in row]
+    ax.imshow(make_grid(cells, nrow=len(rows[0]), padding=pad, pad_value=1).permute(1, 2, 0).numpy())
+    h, w = cells[0].shape[1:]
+    ax.set_xticks([pad + j * (w + pad) + (w - 1) / 2 for j in range(len(col_labels))], col_labels)
+    ax.set_yticks([pad + i * (h + pad) + (h - 1) / 2 for i in range(len(row_labels))], row_labels)
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0)
+    ax.spines[:].set_visible(False)
+
+
+def grid_figure(rows, path, row_labels=(), col_labels=(), title="", heat_scale=UNIT_SCALE, heat_label=None, cell=1.0):
+    """A figure of one grid (draw_grid) with its title and, for heatmaps, a colour bar of heat_scale; to path."""
+    fig, (ax,) = panels(1, (1.3 if row_labels else 0.2) + (1.0 if heat_label else 0) + cell * len(rows[0]),
+                        0.5 + cell * len(rows) + (0.35 if col_labels else 0))
+    draw_grid(ax, rows, row_labels, col_labels)
+    if heat_label:
+        bar = plt.cm.ScalarMappable(norm=heat_scale, cmap=HEAT_CMAP)
+        fig.colorbar(bar, ax=ax, label=heat_label, shrink=0.8, aspect=30)
+    return save(fig, path, title)
+
+
+def finish_axes(ax, epochs=False, **properties):
+    """The axes' properties (ax.set: labels, title, ticks), a grid, whole epochs on the x axis, and the
+    legend to the right, where it cannot hide a curve."""
+    ax.set(**properties)
+    if epochs:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
+
+
+# -----------------------------------------------------------------------------
+# per-run figures drawn from numbers
+
+
+def feature_name(kind):
+    return "CLS token" if kind == "mae" else "mean of q(z|x)" if kind == "vae" else "latent code"
+
+
+def plot_tsne(analysis, path):
+    """A panel per set of points t-SNE embedded: the features of clean test images, of noisy ones for a model
+    trained on noise, and the raw pixels of the same images, each with its silhouette (DvM, C10)."""
+    tsne, classes = analysis["tsne"], analysis["classes"]
     labels, per_class = np.array(tsne["labels"]), [c for c in tsne["per_class"] if c]
-    fig, axes = panels(2, 5, 4.8)
-    for ax, name in zip(axes, ("clean", "noisy")):
+    names = [name for name in ("clean", "noisy", "pixels") if name in tsne]
+    fig, axes = panels(len(names), 5, 4.8)
+    what = feature_name(analysis["kind"])
+    for ax, name in zip(axes, names):
         embedding = np.array(tsne[name]["embedding"])
         for c, class_name in enumerate(classes):
             ax.scatter(*embedding[labels == c].T, s=5, color=f"C{c % 10}", label=class_name, alpha=0.8,
                        linewidths=0)
-        noise = f" (noise std {tsne['noise_std']:.2f})" if name == "noisy" else ""
-        ax.set(title=f"{name} test images{noise}\nsilhouette {tsne[name]['latent']['silhouette']:.2f} in the "
-               "latent space", xlabel="t-SNE 1", ylabel="t-SNE 2", xticks=[], yticks=[])
+        title = {"clean": f"{what} ({tsne['latent_size']}-d)", "pixels": "raw pixels, the baseline",
+                 "noisy": f"{what} of noisy images (std {tsne['noise_std']:.2f}), the noise it was trained on"}[name]
+        ax.set(title=f"{title}\nsilhouette {tsne[name]['latent']['silhouette']:.2f} before t-SNE",
+               xlabel="t-SNE 1", ylabel="t-SNE 2", xticks=[], yticks=[])
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right center", markerscale=3, title="class")
-    what = "CLS token" if run.kind == "mae" else "mean of q(z|x)" if run.kind == "vae" else "latent code"
     # the real count: a small test set may hold fewer than --tsne-per-class images of a class
     count = f"{max(per_class)}" if min(per_class) == max(per_class) else f"{min(per_class)} to {max(per_class)}"
-    return save(fig, path, f"{run.name}: t-SNE of the {what}, {len(labels)} test images ({count} per class)")
+    return save(fig, path, f"{analysis['name']}: t-SNE of the {what} beside raw pixels, {len(labels)} test "
+                f"images ({count} per class); silhouette -1 .. 1, higher = classes better apart")
 
 
-def plot_saliency(run, analysis, path):
-    if run.kind not in AE_FAMILY:
-        return None
-    x = test_images(run, class_indices(run.data.test_y, N_IMAGES))
-    energy = jacobian_energy(run.model, x).detach()
-    low, high = energy.amin(dim=(1, 2), keepdim=True), energy.amax(dim=(1, 2), keepdim=True)
-    saliency = (energy - low) / (high - low).clamp(min=1e-12)  # each map to [0, 1]
-    return grid_figure([list(x), list(heat_images(saliency))], path, ["input", "saliency"],
-                       title=f"{run.name}: saliency, sum over latent units of (d z / d pixel)^2",
-                       heat_label="saliency (per image, 0-1)")
-
-
-def plot_attention(run, analysis, path, n=4):
-    """Each image twice: whole, and masked at the training ratio as in pretraining (DvM)."""
-    if run.kind != "mae":
-        return None
-    x = test_images(run, class_indices(run.data.test_y, n))
-    ratio, rows = run.config["mask_ratio"], []
-    # one log scale for all maps: a head spread evenly reads as mid-dark and a focused one as bright,
-    # which each map's own 0 .. max would hide; hidden patches (weight 0) get the bottom colour
-    scale = LogNorm(1 / 16, 32, clip=True)
-    for maps, mask in (cls_attention(run.model, x), cls_attention(run.model, x, ratio)):
-        rows += [[image, *heat_images(image_maps, scale)]
-                 for image, image_maps in zip(mark_hidden(x * (1 - mask), mask), maps)]
-    return grid_figure(rows, path, ["whole"] * n + ["masked"] * n,
-                       ["input"] + [f"head {h + 1}" for h in range(len(rows[0]) - 1)],
-                       f"{run.name}: last-layer CLS attention per head, on the whole image and with {ratio:.0%} of "
-                       "patches hidden (blue)", heat_scale=scale, heat_label="attention / an even share (1 = "
-                       "as if every patch seen got the same)", cell=1.3)
-
-
-def plot_weights(run, analysis, path):
-    """Every Linear / conv weight: no norm layers, no biases, no tokens (DvM)."""
-    tensors = [(f"{name}.weight", m.weight.detach().float().cpu()) for name, m in run.model.named_modules()
-               if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))]
-    fig, axes = panels(len(tensors), 2.3, 1.7, per_row=6)
-    for ax, (name, w) in zip(axes, tensors):
-        ax.hist(w.flatten().numpy(), bins=60, color="tab:blue")
-        ax.set_title(f"{name}\n{'x'.join(map(str, w.shape))}", fontsize=7)
+def plot_weights(named_weights, name, path):
+    """Histograms of weight tensors [(name, array)]: no norm layers, no biases, no tokens (DvM)."""
+    fig, axes = panels(len(named_weights), 2.3, 1.7, per_row=6)
+    for ax, (tensor_name, w) in zip(axes, named_weights):
+        ax.hist(w.ravel(), bins=60, color="tab:blue")
+        ax.set_title(f"{tensor_name}\n{'x'.join(map(str, w.shape))}", fontsize=7)
         ax.tick_params(labelsize=6)
         ax.set_yticks([])
-    return save(fig, path, f"{run.name}: weight histograms per layer (no norm layers, no biases)")
-
-
-@torch.no_grad()
-def plot_interpolation(run, analysis, path, steps=10):
-    labels, classes = run.data.test_y.cpu(), run.data.classes
-    pairs = [(a, b) for a, b in INTERPOLATION_PAIRS if (labels == a).any() and (labels == b).any()]
-    if not hasattr(run.model, "decode") or not pairs:
-        return None
-    rows, t = [], torch.linspace(0, 1, steps)
-    for a, b in pairs:
-        images = test_images(run, torch.stack([torch.nonzero(labels == c)[0, 0] for c in (a, b)]))
-        z = run.model.encode(images)  # (2, D)
-        rows.append([images[0], *run.model.decode((1 - t[:, None]) * z[0] + t[:, None] * z[1]), images[1]])
-    return grid_figure(rows, path, [f"{classes[a]}\nto {classes[b]}" for a, b in pairs],
-                       ["image A"] + [f"t={v:.2f}" for v in t.tolist()] + ["image B"],
-                       title=f"{run.name}: decoded (1-t) z_A + t z_B between two test images")
-
-
-@torch.no_grad()
-def plot_arithmetic(run, analysis, path):
-    # your own folder: the first three classes, a - b + c
-    names, labels = ARITHMETIC.get(run.args["dataset"], tuple(run.data.classes[:3])), run.data.test_y.cpu()
-    ids = [run.data.classes.index(name) for name in names]
-    if not hasattr(run.model, "decode") or len(ids) < 3 or not all((labels == c).any() for c in ids):
-        return None
-    # class means of the latents of (at most) the first 1000 test images of each class
-    means = [in_batches(run.model.encode, test_images(run, torch.nonzero(labels == c).flatten()[:1000])).mean(0)
-             for c in ids]
-    decoded = run.model.decode(torch.stack(means + [means[0] - means[1] + means[2]]))
-    return grid_figure([list(decoded)], path,
-                       col_labels=[f"mean {name}" for name in names] + [f"{names[0]} - {names[1]}\n+ {names[2]}"],
-                       title=f"{run.name}: class-mean latent arithmetic", cell=1.6)
-
-
-@torch.no_grad()
-def plot_vae_samples(run, analysis, path, n=8):
-    if run.kind != "vae":
-        return None
-    torch.manual_seed(0)
-    samples = run.model.sample(n * n)
-    return grid_figure([list(samples[i * n:(i + 1) * n]) for i in range(n)], path,
-                       title=f"{run.name}: {n * n} samples, z ~ N(0, I) decoded", cell=0.8)
-
-
-def plot_error_heatmaps(run, analysis, path, n=6):
-    if run.kind not in ("mcae", "mae"):
-        return None
-    x = test_images(run, class_indices(run.data.test_y, n))
-    # the run's own kind of mask, as measure_masking (a ratio-0 MCAE: its 8x8 blocks)
-    setting = analysis["masking"]["settings"][-1]
-    scores = {s["mask_ratio"]: s for s in analysis["masking"]["settings"] if s["mask_type"] == setting["mask_type"]}
-    shown = [masked_reconstruction(run.model, x, ratio, setting["mask_type"], setting["block_size"])
-             for ratio in MASK_RATIOS]
-    errors = [(recon - x).pow(2).mean(1) for _, recon, _ in shown]  # (n, H, W), averaged over channels
-    # linear up to the 99.5th percentile: a few outliers should not wash out the rest
-    scale = Normalize(0, max(torch.stack(errors).quantile(0.995).item(), 1e-3), clip=True)
-    rows, labels = [], []
-    for ratio, (inp, recon, mask), error in zip(MASK_RATIOS, shown, errors):
-        rows += [list(mark_hidden(inp, mask)), list(recon), list(heat_images(error, scale))]
-        score = scores[ratio]  # beside what leaving the holes black scores: high where they hit background
-        labels += [f"ratio {ratio}: input\n(hidden: blue)", "reconstruction", f"squared error\nhidden PSNR "
-                   f"{score['hidden_psnr']:.1f} dB\n(black fill {score['black_fill_hidden_psnr']:.1f} dB)"]
-    return grid_figure(rows, path, labels,
-                       title=f"{run.name}: per-pixel squared error at mask ratios {', '.join(map(str, MASK_RATIOS))}\n"
-                             f"(PSNRs over the first {analysis['masking']['n_images']} test images)",
-                       heat_scale=scale, heat_label="squared error")
-
-
-PER_RUN_FIGURES = {"reconstructions": plot_reconstructions, "tsne": plot_tsne, "saliency": plot_saliency,
-                   "attention": plot_attention, "weights": plot_weights, "interpolation": plot_interpolation,
-                   "arithmetic": plot_arithmetic, "vae_samples": plot_vae_samples, "error_heatmaps": plot_error_heatmaps}
+    return save(fig, path, f"{name}: weight histograms per layer (no norm layers, no biases)")
 
 
 # -----------------------------------------------------------------------------
-# figures comparing runs, plot_x(runs, analyses, path): the path written, or None
+# figures comparing runs, from the analysis dicts: the path written, or None where none applies
 
 
 def draw_per_epoch(groups, title, path):
-    """One panel per group {ylabel: [(run, colour, [(log key, line style)])]}, a curve per run and key."""
+    """One panel per group {ylabel: [(analysis, colour, [(log key, line style)])]}, a curve per run and key."""
     fig, axes = panels(len(groups), 5.5, per_row=3)
     for ax, (ylabel, members) in zip(axes, groups.items()):
-        for run, colour, series in members:
+        for a, colour, series in members:
             for i, (key, style) in enumerate(series):
-                ax.plot([e["epoch"] for e in run.log], [e[key] for e in run.log], color=colour, linestyle=style,
-                        marker="o", markersize=3, label=None if i else run.name)
+                ax.plot([e["epoch"] for e in a["log"]], [e[key] for e in a["log"]], color=colour, linestyle=style,
+                        marker="o", markersize=3, label=None if i else a["name"])
         finish_axes(ax, epochs=True, ylabel=ylabel)
     return save(fig, path, title)
 
 
-def plot_psnr_per_epoch(runs, analyses, path):
+def plot_psnr_per_epoch(analyses, path):
     """A panel per dataset, masked models apart: their whole-image PSNR counts the pixels they were shown."""
     groups = {}
-    for i, (run, a) in enumerate((run, a) for run, a in zip(runs, analyses) if run.log):
-        ylabel, key = f"{a['dataset']}: test PSNR (dB), whole image", "psnr"
-        if is_masked(a["kind"], a["config"]):  # hidden pixels alone, where the log has them
-            key = "psnr_hidden" if "psnr_hidden" in run.log[0] else "psnr"
-            ylabel = (f"{a['dataset']}: test PSNR (dB) of masked models, " +
-                      ("hidden pixels" if key == "psnr_hidden" else "whole image\n(MAE: the visible patches copied)"))
-        groups.setdefault(ylabel, []).append((run, f"C{i % 10}", [(key, "-")]))
-    return draw_per_epoch(groups, "test PSNR per epoch", path) if groups else None
+    for i, a in enumerate(a for a in analyses if a["log"]):
+        ylabel, key = f"{a['dataset']}: whole image", "psnr"
+        if is_masked(a["kind"], a["config"]) and "psnr_hidden" in a["log"][0]:
+            ylabel, key = f"{a['dataset']}, masked models: hidden pixels only", "psnr_hidden"
+        groups.setdefault(f"test PSNR (dB), {ylabel}", []).append((a, f"C{i % 10}", [(key, "-")]))
+    if not groups:
+        return None
+    return draw_per_epoch(groups, "test PSNR per epoch: over the whole image, and over the hidden pixels alone "
+                          "for masked models (each panel says which)", path)
 
 
-def plot_loss_per_epoch(runs, analyses, path):
+def plot_loss_per_epoch(analyses, path):
     """A panel per kind of loss: a VAE's nats per image and an AE's MSE per pixel differ by orders of
     magnitude. The VAE's two terms get panels of their own (C10)."""
     groups = {}
-    for i, run in enumerate(run for run in runs if run.log):
-        loss = ("negative ELBO (nats / image)" if run.kind == "vae" else "MSE on hidden pixels"
-                if run.kind == "mae" or run.config.get("loss_on") == "masked" else "MSE per pixel")
+    for i, a in enumerate(a for a in analyses if a["log"]):
+        loss = ("negative ELBO (nats / image)" if a["kind"] == "vae" else "MSE on hidden pixels"
+                if a["kind"] == "mae" or a["config"].get("loss_on") == "masked" else "MSE per pixel")
         terms = [("VAE: KL divergence (nats / image)", "kl"), ("VAE: -log p(x|z) (nats / image)", "recon_loss")]
         for ylabel, train_key, test_key in [(loss, "train_loss", "test_loss")] + [
-                (ylabel, key, f"test_{key}") for ylabel, key in terms if key in run.log[0]]:
-            groups.setdefault(ylabel, []).append((run, f"C{i % 10}", [(train_key, "-"), (test_key, "--")]))
+                (ylabel, key, f"test_{key}") for ylabel, key in terms if key in a["log"][0]]:
+            groups.setdefault(ylabel, []).append((a, f"C{i % 10}", [(train_key, "-"), (test_key, "--")]))
     return draw_per_epoch(groups, "loss per epoch: train (solid) and test (dashed)", path) if groups else None
 
 
-def plot_psnr_vs_noise(runs, analyses, path):
+def plot_psnr_vs_noise(analyses, path):
     """Left: every AE and DAE at each test noise variance. Right, with one run per training variance: each
     DAE at the variance it was trained with (the MLP report's PSNR against noise variance)."""
     tested = [a for a in analyses if "noise" in a]
@@ -264,7 +251,7 @@ def best_psnr_per_latent(analyses):
     return best
 
 
-def plot_psnr_per_latent(runs, analyses, path):
+def plot_psnr_per_latent(analyses, path):
     """The best test PSNR at each latent size over the L1 settings tried, one line per dataset and input
     noise, each point labelled with the L1 weight that won (the MLP report's figure 2)."""
     best = best_psnr_per_latent(analyses)
@@ -284,7 +271,7 @@ def plot_psnr_per_latent(runs, analyses, path):
     return save(fig, path, "MLP autoencoders: reconstruction against latent size")
 
 
-def plot_mask_ratios(runs, analyses, path):
+def plot_mask_ratios(analyses, path):
     """MCAE runs trained at different mask ratios (the plain AE: at 0), tested at the assignment's ratios,
     beside leaving the holes black: a panel per dataset and kind of mask (C10)."""
     groups = {(a["dataset"], a["config"]["mask_type"]): [] for a in analyses
@@ -306,49 +293,170 @@ def plot_mask_ratios(runs, analyses, path):
     return save(fig, path, f"MCAE runs trained at different mask ratios, first {a['masking']['n_images']} test images")
 
 
-@torch.no_grad()
-def plot_vae_vs_ae(runs, analyses, path):
-    for vae in (run for run in runs if run.kind == "vae"):
-        # an AE run, or an MCAE run with nothing masked (the same model)
-        ae = next((run for run in runs if run.args["dataset"] == vae.args["dataset"] and (
-            run.kind == "ae" or (run.kind == "mcae" and run.config["mask_ratio"] == 0))), None)
-        if ae is not None:
-            x = test_images(vae, class_indices(vae.data.test_y, N_IMAGES))
-            recons = [vae.model(x)[1]["recon"], ae.model(x)[1]["recon"]]
-            labels = [f"{what} ({run.name})\nPSNR {metrics.psnr(recon, x).mean():.1f} dB"
-                      for what, run, recon in zip(("VAE", "AE"), (vae, ae), recons)]
-            return grid_figure([list(x)] + [list(r) for r in recons], path, ["original"] + labels,
-                               title="VAE against AE reconstructions of the same test images")
-    return None
-
-
-def plot_three_levels(runs, analyses, path):
-    """The masking tutorial's three levels from MCAE runs of one dataset: nothing hidden, random pixels,
-    blocks (of several runs of a level, the most masked: the tutorial's ratio 0.5)."""
-    by_dataset = {}
-    for run in sorted((run for run in runs if run.kind == "mcae"), key=lambda run: run.config["mask_ratio"]):
-        level = "identity" if run.config["mask_ratio"] == 0 else run.config["mask_type"]
-        by_dataset.setdefault(run.args["dataset"], {})[level] = run
-    levels = next((levels for levels in by_dataset.values() if len(levels) == 3), None)
-    if levels is None:
-        return None
-    fig, axes = panels(3, 1.5 + N_IMAGES, 2.4, per_row=1)
-    for ax, (level, name) in zip(axes, [("identity", "1. identity"), ("pixel", "2. random pixels"),
-                                        ("block", "3. blocks")]):
-        run, config, results = levels[level], levels[level].config, levels[level].results
-        torch.manual_seed(0)
-        _, out = run.model(test_images(run, class_indices(run.data.test_y, N_IMAGES)))
-        draw_grid(ax, [list(mark_hidden(out["input"], out["mask"])), list(out["recon"])],
-                  ["input\n(hidden: blue)", "reconstruction"])
-        size = f" of {config['block_size']}x{config['block_size']}" if level == "block" else ""
-        ax.set_title(f"{name} ({run.name}): " + (
-            f"nothing hidden, test PSNR {fmt(results.get('psnr'), 1)} dB" if level == "identity" else
-            f"{config['mask_ratio']:.0%} hidden in {level}s{size}, test PSNR {fmt(results.get('psnr_hidden'), 1)} "
-            "dB on hidden pixels"))
+def plot_levels(levels, path):
+    """The masking tutorial's three levels: [(title, rows of images, row labels)], one grid each."""
+    fig, axes = panels(len(levels), 1.5 + len(levels[0][1][0]), 2.4, per_row=1)
+    for ax, (title, rows, labels) in zip(axes, levels):
+        draw_grid(ax, rows, labels)
+        ax.set_title(title)
     return save(fig, path, "three levels of reconstruction difficulty (MCAE)", fontweight="bold")
 
 
-COMPARISON_FIGURES = {"psnr_per_epoch": plot_psnr_per_epoch, "loss_per_epoch": plot_loss_per_epoch,
-                      "psnr_vs_noise": plot_psnr_vs_noise, "psnr_per_latent": plot_psnr_per_latent,
-                      "mask_ratios": plot_mask_ratios, "vae_vs_ae": plot_vae_vs_ae,
-                      "three_levels": plot_three_levels}
+# -----------------------------------------------------------------------------
+# report.md, from the analysis dicts alone
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows] + [""])
+
+
+def best_reconstructions(analyses):
+    """The best run of each group of runs whose PSNRs compare: one dataset, masked models apart, scored on
+    the hidden pixels (the MAE's whole-image PSNR counts the patches it copied).
+    -> {(dataset, masked): (analysis, results key)}"""
+    best = {}
+    for a in analyses:
+        group = a["dataset"], is_masked(a["kind"], a["config"])
+        key = "psnr_hidden" if group[1] else "psnr"
+        if a["results"].get(key) is not None and (group not in best or a["results"][key] > best[group][0]["results"][key]):
+            best[group] = (a, key)
+    return best
+
+
+def summary(analyses):
+    """The best reconstruction among runs that compare, and each run's features against raw pixels."""
+    sentences = []
+    for (dataset, masked), (top, key) in best_reconstructions(analyses).items():
+        what, pixels = ("masked model", " on the hidden pixels") if masked else ("model given whole or noisy images", "")
+        sentences.append(f"On {dataset}, the best reconstruction by a {what} is {top['name']}'s, "
+                         f"{top['results'][key]:.2f} dB PSNR{pixels} on the test set.")
+    for a in analyses:
+        r = a["results"]
+        if r.get("knn_acc") is not None and r.get("pixels_knn_acc") is not None:
+            above = r["knn_acc"] >= r["pixels_knn_acc"]
+            sentences.append(f"{a['name']}'s features score {r['knn_acc']:.1%} on k-NN, {'above' if above else 'below'} "
+                             f"raw pixels' {r['pixels_knn_acc']:.1%}.")
+    return " ".join(sentences)
+
+
+def runs_section(analyses):
+    """The runs and the settings that tell them apart (the MLP report's architecture, latent size, L1, noise)."""
+    rows = []
+    for a in analyses:
+        config, results = a["config"], a["results"]
+        arch = (f"ViT patch {config['patch_size']}, depth {config['depth']}" if a["kind"] == "mae" else
+                f"{config['arch']} " + "-".join(map(str, config["hidden" if config["arch"] == "mlp" else "channels"])))
+        corruption = (f"noise std {config['noise_std']:.3g} (variance {config['noise_std'] ** 2:.2g})" if a["kind"] == "dae"
+                      else f"{config.get('mask_type', 'patch')} mask {config['mask_ratio']}"
+                      if is_masked(a["kind"], config) else "none")
+        rows.append([a["name"], a["kind"], a["dataset"], arch, a["tsne"]["latent_size"], f"{config.get('l1', 0):g}",
+                     corruption, fmt(results.get("train_size"), None), a["epochs"] or "–",
+                     fmt(results.get("parameters"), None)])
+    return ["## Runs", "", table(["run", "model", "dataset", "architecture", "latent size", "L1", "input corruption",
+                                  "training images", "epochs", "parameters"], rows)]
+
+
+def accuracy_section(analyses):
+    """Each probe beside its baselines (raw pixels, the untrained encoder, the MAE's patch tokens), and
+    fine-tuning (DvM's accuracy table)."""
+    columns = [(prefix + key, f"{label}: {probe}") for prefix, label in
+               [("", "features"), ("pixels_", "raw pixels"), ("init_", "untrained"), ("tokens_", "patch tokens")]
+               for key, probe in [("linear_acc", "linear"), ("knn_acc", "k-NN")]] + [("finetune_acc", "fine-tune")]
+    columns = [(key, label) for key, label in columns if any(key in a["results"] for a in analyses)]
+    if not columns:
+        return []
+    return ["## Classification accuracy (test set)", "", "Features: the model's own vector (encode()); raw pixels "
+            "and the same encoder at its initial weights, probed the same way, are what it must beat. Linear: "
+            "logistic regression on standardised features; k-NN: 20 neighbours by cosine similarity. A run with "
+            "`--epochs 0` is the from-scratch baseline of fine-tuning.", "",
+            table(["run"] + [label for _, label in columns], [[a["name"]] + [fmt(a["results"].get(key)) for key, _ in columns]
+                                                               for a in analyses])]
+
+
+def reconstruction_section(analyses):
+    rows = [[a["name"], fmt(r.get("psnr"), 2), fmt(r.get("ssim")), fmt(r.get("mse"), 5), fmt(r.get("l1"), 5),
+             # 99.9: metrics.psnr's 100 dB cap for an input equal to the image, not a measurement
+             "clean" if r.get("psnr_input", 0) >= 99.9 else fmt(r.get("psnr_input"), 2), fmt(r.get("psnr_hidden"), 2)]
+            for a in analyses for r in [a["results"]]]
+    return ["## Reconstruction (test set)", "", "PSNR of input: the noisy or masked image the encoder saw against the "
+            "original (clean: the image itself). Hidden PSNR: masked models, over the hidden pixels only. Mean abs. "
+            "error: mean |reconstruction - original| per pixel.", "",
+            table(["run", "PSNR (dB)", "SSIM", "MSE", "mean abs. error", "PSNR of input (dB)", "hidden PSNR (dB)"], rows)]
+
+
+def noise_section(analyses):
+    noisy = [a for a in analyses if "noise" in a]
+    if not noisy:
+        return []
+    probe = noisy[0]["noise"]["probe"]
+    return ["## PSNR (dB) against input noise", "", f"The first {noisy[0]['noise']['n_images']} test images, Gaussian "
+            "noise clipped to [0, 1].", "", table(["run"] + [f"variance {v}" for v in NOISE_VARIANCES], [
+                [a["name"]] + [fmt(v, 2) for v in a["noise"]["psnr"]] for a in noisy]), "",
+            "## Classifying latents of noisy images", "", f"A linear probe trained on the latents of {probe['n_train']} "
+            "clean training images, tested on the latents of every test image with noise added: how far noise moves "
+            "a latent away from its class.", "", table(["run"] + [f"variance {v}" for v in probe["variances"]], [
+                [a["name"]] + [fmt(v, 3) for v in a["noise"]["probe"]["accuracy"]] for a in noisy])]
+
+
+def filling_section(analyses):
+    """What training with masks buys (C10): every mask setting of every run, a setting's rows together, so
+    an MCAE sits beside the plain AEs given the very same masked images."""
+    rows = sorted(((a["dataset"], s["mask_type"], s["block_size"], s["mask_ratio"], a["name"]), s)
+                  for a in analyses if "masking" in a for s in a["masking"]["settings"])
+    n = next((a["masking"]["n_images"] for a in analyses if "masking" in a), 0)
+    return ["## Filling in hidden pixels", "", f"The first {n} test images, masked the same way for every model: "
+            "MCAE and MAE runs beside the plain AEs (AE runs, MCAE runs at mask ratio 0). Black fill: the hidden PSNR "
+            "of leaving the holes black, what a model that learned nothing scores (high where the holes fall on "
+            "background).", "", table(["run", "dataset", "mask", "PSNR (dB)", "hidden PSNR (dB)",
+                                       "black fill hidden PSNR (dB)"], [
+                [name, dataset, f"{kind} {ratio}" + (f" ({block}x{block})" if kind == "block" else ""),
+                 fmt(s["psnr"], 2), fmt(s["hidden_psnr"], 2), fmt(s["black_fill_hidden_psnr"], 2)]
+                for (dataset, kind, block, ratio, name), s in rows])] if rows else []
+
+
+def cluster_section(analyses):
+    """DvM's cluster radius per class, in the t-SNE embedding and in the latent space; a table per dataset."""
+    lines = ["## Clusters", "",
+             "Radius of a class: the mean distance of its points to their centre (as the DAE-vs-MAE study), over the "
+             "clean test images of the t-SNE figure. In the 2-D t-SNE embedding it is in t-SNE units; in "
+             "the latent space it is divided by the mean distance of all points to the overall centre, "
+             "so models with latents of different sizes and scales compare fairly. Smaller is tighter; "
+             "a higher silhouette (-1 .. 1) means better separated classes.", ""]
+    for dataset in dict.fromkeys(a["dataset"] for a in analyses):
+        members = [a for a in analyses if a["dataset"] == dataset]
+        for title, source, key in [("t-SNE radius", "tsne", "radius"), ("latent radius / spread", "latent",
+                                                                         "relative_radius")]:
+            stats = [a["tsne"]["clean"][source] for a in members]
+            # cluster_stats stops at the largest label present: a class past it has no radius
+            rows = [[name] + [fmt(s[key][c] if c < len(s[key]) else None, 3) for s in stats]
+                    for c, name in enumerate(members[0]["classes"])]
+            rows += [["**mean**"] + [fmt(float(np.nanmean(s[key])), 3) for s in stats],
+                     ["**silhouette**"] + [fmt(s["silhouette"], 3) for s in stats]]
+            lines += [f"### {title}, {dataset}", "", table(["class"] + [a["name"] for a in members], rows)]
+    return lines
+
+
+def write_report(analyses, out_dir, figures=None):
+    """report.md from the analysis dicts alone (as in analysis.json); figures: {label: {name: path}} to link."""
+    worked = [[a["name"]] + [fmt(a["worked_example"][key], digits) for key, digits in
+                             [("mse", 5), ("psnr", 2), ("brightness", 4), ("contrast_structure", 4), ("ssim", 4)]]
+              for a in analyses]
+    sections = [runs_section, accuracy_section, reconstruction_section, noise_section, filling_section, cluster_section]
+    lines = ["# nanoAE report", "", summary(analyses), ""] + sum((section(analyses) for section in sections), []) + [
+        "## PSNR and SSIM worked through: the first test image", "",
+        "PSNR = 10 log10(1 / MSE) for pixels in [0, 1]. SSIM compares 11x11 Gaussian windows (sigma 1.5) of the "
+        "reconstruction x and the original y: per window a brightness factor (2 mu_x mu_y + C1) / (mu_x^2 + "
+        "mu_y^2 + C1) times a contrast-structure factor (2 cov_xy + C2) / (var_x + var_y + C2), C1 = 0.01^2, "
+        "C2 = 0.03^2, averaged over the windows. The columns give each factor's mean; SSIM is the mean of their "
+        "product, near but not equal to the product of the means.", "",
+        table(["run", "MSE", "PSNR = 10 log10(1/MSE) (dB)", "brightness", "contrast-structure", "SSIM"], worked)]
+    if figures:  # relative to report.md: also the list of what was drawn
+        lines += ["## Figures", ""] + [f"- {label}: " + ", ".join(
+            f"[{name}]({os.path.relpath(path, out_dir)})" for name, path in by_name.items())
+            for label, by_name in figures.items()]
+    path = os.path.join(out_dir, "report.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"wrote {path}")
+    return path

@@ -26,9 +26,9 @@ encoder, the masking and the loss are the paper's):
 - decoder_conv: before the decoder blocks, a k x k convolution over the grid of decoder tokens adds
   to every token what its neighbours hold, each direction with its own weights. Attention has to
   learn from the positions alone which visible tokens lie next to a hidden one, and until it does the
-  decoder can only predict every hidden patch's average; on MNIST that plateau lasted the whole of a
-  5-epoch run. The convolution sees only what the decoder sees (encoded visible patches and mask
-  tokens), so nothing hidden leaks in.
+  decoder can only predict every hidden patch's average, a plateau a short run may never leave. The
+  convolution sees only what the decoder sees (encoded visible patches and mask tokens), so nothing
+  hidden leaks in.
 - the prediction layer starts at zero, so training starts from predicting 0 (with norm_pix_loss: the
   patch mean) instead of from random outputs whose error is many times that of predicting 0.
 """
@@ -220,9 +220,6 @@ class Block(nn.Module):
 
 class MAE(nn.Module):
 
-    # the parts the encoder is made of: what fine-tuning trains (evaluate.layer_decay_groups); the rest is decoder
-    encoder_parts = ("patch_embed", "cls_token", "blocks", "norm")
-
     def __init__(self, config):
         super().__init__()
         self.config = config
@@ -360,9 +357,10 @@ class MAE(nn.Module):
     def forward(self, x, mask_ratio=None):
         """Pretraining step on x (B, C, H, W) in [0, 1]. Returns (loss, out) with images for viewing:
 
-        recon: the prediction in the hidden patches, the input's own pixels in the visible ones
-        input: what the encoder saw, hidden patches set to 0
-        mask:  (B, 1, H, W), 1 = hidden
+        recon:      the prediction in the hidden patches, the input's own pixels pasted back in the visible ones
+        prediction: what the decoder predicts for every patch, the visible ones too (no loss on those)
+        input:      what the encoder saw, hidden patches set to 0
+        mask:       (B, 1, H, W), 1 = hidden
 
         mask_ratio, if given, replaces config.mask_ratio for this call (e.g. to show other ratios).
         With norm_pix_loss the decoder predicts normalised patches; to draw them, each is scaled back
@@ -384,7 +382,7 @@ class MAE(nn.Module):
             mask_px = unpatchify(mask.unsqueeze(-1).expand(-1, -1, p * p * C), p, C)[:, :1]  # (B, 1, H, W)
             recon = x * (1 - mask_px) + pred_img * mask_px
             inp = x * (1 - mask_px)
-        return loss, {"recon": recon, "input": inp, "mask": mask_px}
+        return loss, {"recon": recon, "prediction": pred_img, "input": inp, "mask": mask_px}
 
     def encode_tokens(self, x):
         """All patches, nothing masked, through the encoder: (B, C, H, W) -> (B, 1 + L, D), CLS first.
@@ -413,19 +411,23 @@ class MAE(nn.Module):
         return h[:, 0] if self.config.pool == "cls" else h[:, 1:].mean(dim=1)
 
     @torch.no_grad()
-    def attention_maps(self, x):
-        """How much the CLS token attends to each patch in the last encoder block, per head, on the
-        unmasked image: (B, C, H, W) -> (B, heads, H/p, W/p).
+    def attention_maps(self, x, mask_ratio=0.0):
+        """How much the CLS token attends to each patch in the last encoder block, per head:
+        (B, C, H, W) -> weights (B, heads, L), mask (B, L) with 1 = hidden, patches in patchify order.
 
-        The softmax row of the CLS also gives some weight to the CLS itself; that share is dropped and
-        the rest renormalised, so every map is a distribution over patches (sums to 1).
+        The encoder sees the patches random_masking keeps at mask_ratio (0: every patch). The CLS's softmax
+        row also gives some weight to the CLS itself; that share is dropped and the rest renormalised, so
+        each head's weights over the patches it saw sum to 1, and a hidden patch's weight is 0.
         """
-        B, _, H, W = x.shape
-        p = self.config.patch_size
-        h = self.with_cls(self.embed(x))               # (B, 1 + L, D)
+        tokens, mask, ids_restore = random_masking(self.embed(x), mask_ratio)  # (B, len_keep, D)
+        h = self.with_cls(tokens)                      # (B, 1 + len_keep, D)
         for block in self.blocks[:-1]:
             h = block(h)
-        _, attn = self.blocks[-1](h, return_attention=True)  # (B, heads, 1 + L, 1 + L)
-        cls_to_patches = attn[:, :, 0, 1:].float()     # (B, heads, L): CLS's row, patch columns
-        cls_to_patches = cls_to_patches / cls_to_patches.sum(dim=-1, keepdim=True)
-        return cls_to_patches.reshape(B, -1, H // p, W // p)  # (B, heads, H/p, W/p)
+        _, attn = self.blocks[-1](h, return_attention=True)  # (B, heads, 1 + len_keep, 1 + len_keep)
+        seen = attn[:, :, 0, 1:].float()               # (B, heads, len_keep): CLS's row, patch columns
+        seen = seen / seen.sum(dim=-1, keepdim=True)
+        B, heads, len_keep = seen.shape
+        # in shuffled order the kept patches come first: zeros for the hidden ones, then unshuffle
+        weights = torch.cat([seen, seen.new_zeros(B, heads, mask.shape[1] - len_keep)], dim=2)  # (B, heads, L)
+        weights = torch.gather(weights, 2, ids_restore[:, None].expand(-1, heads, -1))  # (B, heads, L)
+        return weights, mask

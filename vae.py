@@ -6,11 +6,10 @@ from the prior.
 The encoder gives, for each image, a Gaussian q(z|x) = N(mu, diag(exp(logvar))) over a latent vector of
 latent_dim numbers; the decoder maps a draw of z back to an image. The loss is the negative ELBO:
 
-    loss = reconstruction loss + kl_weight * KL(q(z|x) || N(0, I))
+    loss = reconstruction loss + beta * KL(q(z|x) || N(0, I))
 
-with kl_weight = beta (Higgins et al., 2017, beta-VAE), ramped up from near 0 over the first
-kl_warmup_epochs epochs when asked (Bowman et al., 2016), so the decoder learns to use z before the
-KL term pushes q(z|x) towards the prior.
+written out in `vae_loss`, the piece to copy; beta = 1 is the plain VAE, other values the beta-VAE
+(Higgins et al., 2017).
 
 Both architectures of ae.py, built from its blocks:
 - mlp:  flatten -> Linear/ReLU stack to hidden[-1] -> two Linear heads, mu and logvar (latent_dim each);
@@ -34,7 +33,6 @@ class VAEConfig(AEConfig):
     latent_dim: int = 32            # size of the latent vector z (both archs)
     beta: float = 1.0               # weight of the KL term (1: the plain VAE; 0: an AE on sampled codes)
     recon_loss: str = "bce"         # 'bce' (Bernoulli decoder) or 'mse' (Gaussian decoder, variance 1/2)
-    kl_warmup_epochs: int = 0       # the KL weight ramps linearly from beta/(n+1) to beta over n epochs
 
 
 def gaussian_kl(mu, logvar):
@@ -45,6 +43,32 @@ def gaussian_kl(mu, logvar):
     returned per dimension, not summed, so callers can count the dimensions in use.
     """
     return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp())
+
+
+def vae_loss(recon, x, mu, logvar, beta=1.0, recon_loss="bce"):
+    """The negative ELBO per image: -> (loss, reconstruction term, KL term), scalars in nats per image.
+
+        loss = -log p(x|z) + beta * KL(q(z|x) || N(0, I))
+
+    recon, x: (B, C, H, W) in [0, 1]; mu, logvar: (B, D), the parameters of q(z|x).
+    Both terms are summed over pixels (and over latent dimensions for the KL) and averaged over the
+    batch, so they are per-image log-likelihoods and weigh against each other as the ELBO says; a
+    per-pixel mean would shrink the reconstruction term by C*H*W and let the KL term win, which
+    collapses q(z|x) onto the prior.
+    """
+    B = x.shape[0]
+    if recon_loss == "bce":
+        # -log p(x|z) for a Bernoulli decoder whose means are the recon pixels (pytorch/examples vae/main.py).
+        # Grey levels in (0, 1) are soft targets, so its minimum is the entropy of x rather than 0.
+        reconstruction = F.binary_cross_entropy(recon, x, reduction="sum") / B
+    elif recon_loss == "mse":
+        # -log p(x|z) for a Gaussian decoder with variance 1/2, up to a constant. It is much smaller than
+        # the BCE for the same images, so the KL weighs more: use a smaller beta with it.
+        reconstruction = F.mse_loss(recon, x, reduction="sum") / B
+    else:
+        raise ValueError(f"unknown recon_loss {recon_loss!r}: use 'bce' or 'mse'")
+    kl = gaussian_kl(mu, logvar).sum(1).mean()
+    return reconstruction + beta * kl, reconstruction, kl
 
 
 class VAE(nn.Module):
@@ -82,18 +106,6 @@ class VAE(nn.Module):
         self.to_mu = nn.Linear(n_features, D)
         # the log of the variance, so that any real output is a valid (positive) variance
         self.to_logvar = nn.Linear(n_features, D)
-        self.epoch = 0  # the training epoch: train.py sets it before each one, the KL warm-up reads it
-
-    # -------------------------------------------------------------------------
-    # KL warm-up
-
-    @property
-    def kl_weight(self):
-        """beta * min(1, (epoch + 1) / (n + 1)) for n = kl_warmup_epochs: epoch 0 gets beta / (n + 1),
-        epoch n and later get beta. n = 0 gives beta from the start. Derived from the epoch rather than
-        saved, so a resumed run picks up the right weight."""
-        n = self.config.kl_warmup_epochs
-        return self.config.beta * min(1.0, (self.epoch + 1) / (n + 1))
 
     # -------------------------------------------------------------------------
     # encoder, decoder, sampling
@@ -124,7 +136,7 @@ class VAE(nn.Module):
         return self.decode(z)
 
     # -------------------------------------------------------------------------
-    # the loss
+    # the forward pass: q(z|x), a draw of z, the decoded image, the loss
 
     def forward(self, x):
         mu, logvar = self.posterior(x)  # (B, D) each
@@ -135,25 +147,7 @@ class VAE(nn.Module):
             # evaluation decodes the mean: the same image gives the same reconstruction and test loss
             z = mu
         recon = self.decode(z)
-
-        # Reduction: summed over pixels (and over latent dimensions for the KL), averaged over the batch.
-        # Both terms are then per-image log-likelihoods in nats and weigh against each other as the ELBO
-        # says; a per-pixel mean would shrink the reconstruction term by C*H*W and let the KL term win,
-        # which collapses q(z|x) onto the prior.
-        B = x.shape[0]
-        if self.config.recon_loss == "bce":
-            # -log p(x|z) for a Bernoulli decoder whose means are the recon pixels (pytorch/examples
-            # vae/main.py). Grey levels in (0, 1) are used as soft targets, so its minimum is the
-            # entropy of x rather than 0.
-            recon_loss = F.binary_cross_entropy(recon, x, reduction="sum") / B
-        else:
-            # -log p(x|z) for a Gaussian decoder with variance 1/2, up to a constant. It is much smaller
-            # than the BCE for the same images, so the KL weighs more: use a smaller beta with it.
-            recon_loss = F.mse_loss(recon, x, reduction="sum") / B
-        kl = gaussian_kl(mu, logvar).sum(1).mean()  # per-image KL in nats
-
-        # with beta = 0 (kl_weight 0) this is exactly the reconstruction loss of the sampled z
-        loss = recon_loss + self.kl_weight * kl
+        loss, recon_loss, kl = vae_loss(recon, x, mu, logvar, self.config.beta, self.config.recon_loss)
         out = {"recon": recon, "input": x, "kl": kl.detach(), "recon_loss": recon_loss.detach(),
                "mu": mu, "logvar": logvar}
         return loss, out

@@ -15,9 +15,7 @@ import torch
 import torch.nn as nn
 
 import analyze
-import drawing
 import figures
-import inspection
 import metrics
 import train
 from ae import AE, AEConfig
@@ -38,7 +36,7 @@ RUNS = {
     "mcae-pixel": ("fashion-mnist", ["--model", "mcae", *CONV, "--mask-type", "pixel"]),
     "mcae-block": ("fashion-mnist", ["--model", "mcae", *CONV, "--mask-type", "block"]),
     "mae": ("fashion-mnist", ["--model", "mae", "--embed-dim", "32", "--depth", "1", "--num-heads", "2",
-                              "--decoder-embed-dim", "16", "--decoder-depth", "1", "--decoder-num-heads", "2"]),
+                              "--decoder-embed-dim", "16", "--decoder-depth", "1"]),
     "dae-cifar": ("cifar10", ["--model", "dae", *CONV]),
 }
 EVERY_RUN = ["reconstructions", "tsne", "weights"]
@@ -83,8 +81,8 @@ def decoder_figures(run):
     if run.kind == "mae":
         return []
     present = set(run.data.test_y.tolist())
-    names = figures.ARITHMETIC[run.args["dataset"]]
-    drawn = ["interpolation"] if any(a in present and b in present for a, b in figures.INTERPOLATION_PAIRS) else []
+    names = analyze.ARITHMETIC[run.args["dataset"]]
+    drawn = ["interpolation"] if any(a in present and b in present for a, b in analyze.INTERPOLATION_PAIRS) else []
     return drawn + (["arithmetic"] if {run.data.classes.index(n) for n in names} <= present else [])
 
 
@@ -111,7 +109,7 @@ def test_arithmetic_with_every_class_present(analysed, tmp_path, name):
     labels = torch.arange(len(run.data.test_y)) % 10
     relabelled = dataclasses.replace(run, data=dataclasses.replace(run.data, test_y=labels))
     path = str(tmp_path / "figures" / "arithmetic.png")
-    assert figures.plot_arithmetic(relabelled, None, path) == path
+    assert analyze.arithmetic(relabelled, None, path) == path
     assert_real_image(path)
 
 
@@ -142,7 +140,10 @@ def test_report_has_each_runs_numbers_and_links(analysed):
     for link in links:
         assert (root / "runs" / link).is_file(), link
     assert report.count("silhouette") >= 2
-    assert "best linear-probe accuracy" in report and "best reconstruction" in report
+    assert "best reconstruction" in report
+    # every probe beside its baselines: raw pixels and the untrained encoder (and the MAE's patch tokens)
+    for column in ("features: linear", "raw pixels: linear", "untrained: linear", "patch tokens: linear"):
+        assert column in report
 
 
 def test_missing_checkpoint_is_one_clear_line(tmp_path):
@@ -162,7 +163,7 @@ def test_saliency_is_the_squared_jacobian_summed_over_latents_and_channels():
     torch.manual_seed(0)
     model = AE(AEConfig(in_channels=3, image_size=16, channels=(4, 8), latent_channels=2)).double().eval()
     x = torch.rand(2, 3, 16, 16, dtype=torch.float64)
-    energy = inspection.jacobian_energy(model, x)  # (2, 16, 16)
+    energy = analyze.jacobian_energy(model, x)  # (2, 16, 16)
     assert energy.shape == (2, 16, 16)
     for i in range(2):
         # the explicit Jacobian, one image at a time: (D, C, H, W)
@@ -193,11 +194,11 @@ class Identity(nn.Module):
 
 def test_psnr_falls_as_noise_grows():
     x = torch.rand(64, 1, 28, 28)
-    recon, noisy = analyze.psnr_against_noise(Identity(), x, inspection.NOISE_VARIANCES)
+    recon, noisy = analyze.psnr_against_noise(Identity(), x, figures.NOISE_VARIANCES)
     assert recon == pytest.approx(noisy)
     assert all(a > b for a, b in zip(noisy, noisy[1:])), noisy
     # a real (untrained) autoencoder: one finite value per variance
-    recon, _ = analyze.psnr_against_noise(AE(AEConfig()).eval(), x, inspection.NOISE_VARIANCES)
+    recon, _ = analyze.psnr_against_noise(AE(AEConfig()).eval(), x, figures.NOISE_VARIANCES)
     assert len(recon) == 4 and all(torch.isfinite(torch.tensor(recon)))
 
 
@@ -231,8 +232,8 @@ class FrozenConfig:
 def test_masked_reconstruction_at_other_ratios_leaves_the_config_alone(model):
     x = torch.rand(8, 1, 28, 28)
     model.config = FrozenConfig(model.config)
-    for ratio in inspection.MASK_RATIOS:
-        inp, recon, mask = inspection.masked_reconstruction(model.eval(), x, ratio, mask_type="pixel")
+    for ratio in figures.MASK_RATIOS:
+        inp, recon, mask = analyze.masked_reconstruction(model.eval(), x, ratio, mask_type="pixel")
         assert mask.mean().item() == pytest.approx(ratio, abs=0.08)
         assert torch.equal(inp, x * (1 - mask)) and recon.shape == x.shape
 
@@ -242,8 +243,8 @@ def test_same_masks_for_the_mcae_and_the_plain_ae():
     x = torch.rand(8, 1, 28, 28)
     mcae = MCAE(MCAEConfig(mask_type="block", mask_ratio=0.5)).eval()
     plain = AE(AEConfig()).eval()
-    inp_a, _, mask_a = inspection.masked_reconstruction(mcae, x, 0.5, "block", 8)
-    inp_b, _, mask_b = inspection.masked_reconstruction(plain, x, 0.5, "block", 8)
+    inp_a, _, mask_a = analyze.masked_reconstruction(mcae, x, 0.5, "block", 8)
+    inp_b, _, mask_b = analyze.masked_reconstruction(plain, x, 0.5, "block", 8)
     assert torch.equal(mask_a, mask_b) and torch.equal(inp_a, inp_b) and mask_a.any()
 
 
@@ -260,7 +261,7 @@ def test_report_compares_masked_filling_with_the_plain_ae(analysed):
 
 def test_images_are_picked_one_class_after_another():
     labels = torch.tensor([3, 1, 1, 0, 3, 2, 0, 2])
-    assert inspection.class_indices(labels, 6).tolist() == [3, 1, 5, 0, 6, 2]
+    assert analyze.class_indices(labels, 6).tolist() == [3, 1, 5, 0, 6, 2]
     assert analyze.balanced_indices(labels, 1).tolist() == [3, 1, 5, 0]
 
 
@@ -276,7 +277,7 @@ def test_analysis_json_holds_what_the_report_shows(analysed, tmp_path):
     assert [a["name"] for a in saved] == list(RUNS)
     for a in saved:
         assert a["results"] == json.load(open(root / "runs" / a["name"] / "results.json"))
-    analyze.write_report(saved, str(tmp_path))
+    analyze.figures.write_report(saved, str(tmp_path))
     alone = (tmp_path / "report.md").read_text()
     full = (root / "runs" / "report.md").read_text()
     assert "## Figures" not in alone and alone.strip() == full.split("## Figures")[0].strip()
@@ -285,7 +286,7 @@ def test_analysis_json_holds_what_the_report_shows(analysed, tmp_path):
 def test_report_numbers_come_from_the_analysis(tmp_path):
     """Change a number in an analysis and the report shows the new one: nothing else feeds it."""
     analysis = fake_analysis("run-a", "dae", "mnist", psnr=21.5, noise_std=0.1)
-    analyze.write_report([analysis], str(tmp_path))
+    figures.write_report([analysis], str(tmp_path))
     report = (tmp_path / "report.md").read_text()
     assert "| run-a | 21.50 |" in report and "noise std 0.1 (variance 0.01)" in report
     assert "| run-a | 1.00000 | 0.00 |" in report  # worked example: MSE 1 -> PSNR 10 log10(1/1) = 0 dB
@@ -298,7 +299,7 @@ def fake_analysis(name, kind, dataset, psnr, psnr_hidden=None, noise_std=None, m
         config["noise_std"] = noise_std
     if kind == "mae":
         config = {"patch_size": 4, "depth": 2, "mask_ratio": mask_ratio}
-    results = {"psnr": psnr, "ssim": 0.5, "mse": 0.01, "mae": 0.05, "linear_acc": 0.5}
+    results = {"psnr": psnr, "ssim": 0.5, "mse": 0.01, "l1": 0.05, "linear_acc": 0.5}
     if psnr_hidden is not None:
         results["psnr_hidden"] = psnr_hidden
     stats = {"radius": [1.0, 2.0], "relative_radius": [0.5, 0.6], "silhouette": 0.1}
@@ -324,11 +325,11 @@ def test_best_reconstruction_compares_like_with_like():
                 fake_analysis("mae-mnist", "mae", "mnist", 35.0, psnr_hidden=15.0),
                 fake_analysis("mae-big-mnist", "mae", "mnist", 30.0, psnr_hidden=17.0),
                 fake_analysis("dae-cifar", "dae", "cifar10", 29.0, noise_std=0.3)]
-    best = analyze.best_reconstructions(analyses)
+    best = figures.best_reconstructions(analyses)
     assert {group: (a["name"], key) for group, (a, key) in best.items()} == {
         ("mnist", False): ("ae-mnist", "psnr"), ("mnist", True): ("mae-big-mnist", "psnr_hidden"),
         ("cifar10", False): ("dae-cifar", "psnr")}
-    summary = analyze.summary(analyses)
+    summary = figures.summary(analyses)
     assert "mae-big-mnist's, 17.00 dB PSNR on the hidden pixels" in summary
     assert "On cifar10, the best reconstruction by a model given whole or noisy images is dae-cifar's" in summary
     assert "mae-mnist's" not in summary
@@ -357,7 +358,7 @@ def test_worked_example_is_psnr_and_ssim_of_the_first_image(analysed):
     for name in ("ae", "dae-cifar"):
         run, example = runs[name], analyses[name]["worked_example"]
         torch.manual_seed(0)
-        x = inspection.test_images(run, 1)
+        x = analyze.test_images(run, 1)
         recon = run.model(x)[1]["recon"]
         assert example["mse"] == pytest.approx((recon - x).pow(2).mean().item(), rel=1e-5)
         assert example["psnr"] == pytest.approx(10 * math.log10(1 / example["mse"]))
@@ -369,10 +370,11 @@ def test_attention_on_the_whole_image_is_the_models_own_map():
     torch.manual_seed(0)
     model = MAE(MAEConfig(embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=1)).eval()
     x = torch.rand(3, 1, 28, 28)
-    maps, mask = inspection.cls_attention(model, x)
-    own = model.attention_maps(x).repeat_interleave(4, 2).repeat_interleave(4, 3)  # (3, heads, 28, 28)
+    maps, mask = analyze.cls_attention(model, x)
+    torch.manual_seed(0)
+    own = model.attention_maps(x)[0].reshape(3, 2, 7, 7).repeat_interleave(4, 2).repeat_interleave(4, 3)
     assert not mask.any() and torch.allclose(maps, own * 49, atol=1e-4)  # 49 patches: 1 = an even share
-    maps, mask = inspection.cls_attention(model, x, mask_ratio=0.75)
+    maps, mask = analyze.cls_attention(model, x, mask_ratio=0.75)
     assert mask.mean().item() == pytest.approx(0.75, abs=0.05)
     assert (maps * mask).abs().max() == 0  # hidden patches: the encoder never saw them, no attention
     # 12 patches seen, 16 pixels each: their weights average 1 (an even share) in every map
@@ -383,14 +385,17 @@ def test_heatmaps_take_their_colours_from_the_scale_given():
     """The attention figure's log scale: an even share (1) sits 4/9 of the way up from 1/16 to 32, and a
     hidden patch (0) or anything past either end gets that end's colour; the default scale is 0 .. 1."""
     def colours(values, *scale):
-        return drawing.heat_images(torch.tensor([[values]]), *scale)[0, :, 0].T  # (values, 3)
+        return figures.heat_images(torch.tensor([[values]]), *scale)[0, :, 0].T  # (values, 3)
 
     def expected(levels):
-        return torch.tensor(drawing.HEAT_CMAP(levels)[:, :3]).float()
+        return torch.tensor(figures.HEAT_CMAP(levels)[:, :3]).float()
 
     log = colours([0.0, 1 / 32, 1.0, 32.0, 64.0], LogNorm(1 / 16, 32, clip=True))
     assert torch.allclose(log, expected([0, 0, 4 / 9, 1, 1]), atol=1e-6)
     assert torch.allclose(colours([-1.0, 0.5, 2.0]), expected([0, 0.5, 1]), atol=1e-6)
+    # hidden pixels take the hidden colour, never a cold one
+    hidden = figures.heat_images(torch.tensor([[[0.0, 0.0]]]), hidden=torch.tensor([[[1.0, 0.0]]]))[0, :, 0].T
+    assert torch.allclose(hidden[0], torch.tensor(figures.HIDDEN_COLOUR)) and torch.allclose(hidden[1], expected([0])[0])
 
 
 def test_a_run_on_your_own_image_folder_is_analysed(tmp_path):

@@ -10,7 +10,6 @@ import sys
 import pytest
 import torch
 
-import evaluate
 import train
 from data import Data, RunError
 from ae import AE
@@ -189,7 +188,7 @@ def test_a_dead_run_is_named_by_train_and_analyze(data_dir, tmp_path, monkeypatc
     """A decoder that gives the same picture for every input (as a conv AE whose sigmoid saturated)."""
     import analyze
     from ae import ConvDecoder
-    assert evaluate.dead_run_warning({"recon_spread": 0.1, "psnr": 20.0}) is None
+    assert train.dead_run_warning({"recon_spread": 0.1, "psnr": 20.0}) is None
     monkeypatch.setattr(ConvDecoder, "forward", lambda self, z: torch.zeros(len(z), 1, 28, 28) + 0 * z.sum())
     run(data_dir, tmp_path / "dead", *TINY, "--epochs", "1")
     printed = capsys.readouterr().out

@@ -9,7 +9,7 @@ import torch
 
 from conftest import make_image_folder
 import data
-from data import RunError, color_jitter, load_data, random_shift_flip
+from data import RunError, color_jitter, load_data, to_float
 
 
 
@@ -100,30 +100,12 @@ def shifted(image, dy, dx):
     return out
 
 
-def test_random_shift_flip_moves_each_image_by_at_most_the_shift():
-    torch.manual_seed(0)
-    x = torch.rand(64, 3, 8, 8)
-    y = random_shift_flip(x, max_shift=2, flip=False)
-    moves = set()
-    for a, b in zip(x, y):
-        found = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if torch.equal(shifted(a, dy, dx), b)]
-        assert len(found) == 1
-        moves.add(found[0])
-    assert len(moves) > 10  # drawn per image, not once per batch
-    assert torch.equal(random_shift_flip(x, max_shift=0, flip=False), x)
-
-
-def test_random_shift_flip_mirrors_about_half():
-    torch.manual_seed(0)
-    x = torch.rand(200, 1, 5, 5)
-    y = random_shift_flip(x, max_shift=0, flip=True)
-    mirrored = torch.tensor([torch.equal(b, a.flip(-1)) for a, b in zip(x, y)])
-    kept = torch.tensor([torch.equal(b, a) for a, b in zip(x, y)])
-    assert (mirrored ^ kept).all() and 70 < mirrored.sum() < 130
-
-
-# -----------------------------------------------------------------------------
-# your own images: --dataset folder
+def test_to_float_leaves_its_input_alone():
+    images = torch.tensor([[0, 51, 255]], dtype=torch.uint8)
+    assert torch.allclose(to_float(images), torch.tensor([[0.0, 0.2, 1.0]]))
+    x = torch.tensor([0.5, 1.0])
+    y = to_float(x)
+    assert torch.equal(x, torch.tensor([0.5, 1.0])) and y is not x  # the caller's tensor is not divided
 
 
 def test_folder_is_split_90_10_by_the_seed_and_resized(tmp_path):
@@ -178,3 +160,28 @@ def test_cifar_files_that_fail_the_checksum_say_so(tmp_path):
     with pytest.raises(RunError, match="could not read the files in .*cifar-10-batches-py.*checksum") as error:
         load_data("cifar10", str(tmp_path), "cpu")
     assert "is not in" not in str(error.value)
+
+
+def test_a_folder_too_big_for_memory_is_refused_before_any_file_is_opened(tmp_path, monkeypatch):
+    """40 images at 30000x30000 RGB are 108 GB: refused from the file count alone, naming memory."""
+    root = make_image_folder(tmp_path / "shapes", n_per_class=20)
+    import PIL.Image
+
+    def no_open(*args, **kwargs):
+        raise AssertionError("an image was opened before the memory check")
+    monkeypatch.setattr(PIL.Image, "open", no_open)
+    monkeypatch.setattr(data, "available_memory", lambda: 16 * 2 ** 30)
+    with pytest.raises(RunError) as error:
+        load_data("folder", root, "cpu", image_size=30000, channels=3)
+    message = str(error.value)
+    assert "40 images of 3x30000x30000" in message and "memory" in message and "16.0 GiB" in message
+    assert "--image-size" in message and "\n" not in message
+
+
+def test_a_folder_that_fits_is_read(tmp_path, monkeypatch):
+    root = make_image_folder(tmp_path / "shapes", n_per_class=5, size=20)
+    monkeypatch.setattr(data, "available_memory", lambda: 2 * 10 * 3 * 16 * 16 + 4 * 10 * 3 * 16 * 16)  # just enough
+    assert len(load_data("folder", root, "cpu", image_size=16, channels=3).train_x) == 9
+    monkeypatch.setattr(data, "available_memory", lambda: 2 * 10 * 3 * 16 * 16)  # one float batch short
+    with pytest.raises(RunError, match="memory"):
+        load_data("folder", root, "cpu", image_size=16, channels=3)

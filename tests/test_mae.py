@@ -113,13 +113,18 @@ def test_block_paths_agree():
 
 
 @pytest.mark.parametrize("C,S", [(1, 28), (3, 32)])
-def test_attention_maps_are_distributions_over_patches(C, S):
+def test_attention_maps_are_distributions_over_the_patches_seen(C, S):
     torch.manual_seed(0)
     model = MAE(tiny_config(in_channels=C, image_size=S)).eval()
-    maps = model.attention_maps(torch.rand(2, C, S, S))
-    assert maps.shape == (2, 4, S // 4, S // 4)
-    assert torch.all(maps >= 0)
-    assert torch.allclose(maps.sum((-2, -1)), torch.ones(2, 4), atol=1e-5)
+    L = (S // 4) ** 2
+    weights, mask = model.attention_maps(torch.rand(2, C, S, S))
+    assert weights.shape == (2, 4, L) and mask.shape == (2, L) and not mask.any()
+    assert torch.all(weights >= 0)
+    assert torch.allclose(weights.sum(-1), torch.ones(2, 4), atol=1e-5)
+    weights, mask = model.attention_maps(torch.rand(2, C, S, S), mask_ratio=0.75)
+    assert (mask.sum(1) == L - int(L * 0.25)).all()
+    assert (weights * mask[:, None]).abs().max() == 0  # a hidden patch was never seen: no attention
+    assert torch.allclose(weights.sum(-1), torch.ones(2, 4), atol=1e-5)
 
 
 # -----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """
 Tests for metrics.py: each metric against a hand computation and against the library that defines it
 (scikit-image for PSNR/SSIM, scikit-learn for t-SNE, silhouette and k-NN), and each fast variant
-(ssim_fast, tsne_fast) against its textbook twin. CPU only, offline.
+(tsne_fast) against its textbook twin; the probes against scikit-learn's. CPU only, offline.
 """
 import math
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 from scipy import ndimage
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
-from sklearn.datasets import load_digits, make_blobs
+from sklearn.datasets import load_digits, make_blobs, make_classification
+from sklearn.linear_model import LogisticRegression
 from sklearn.manifold import TSNE, trustworthiness
 from sklearn.metrics import silhouette_score
 from sklearn.neighbors import KNeighborsClassifier
@@ -46,13 +47,13 @@ def skimage_ssim(recon, target):
 # reconstruction metrics
 
 
-def test_mse_mae_psnr_by_hand():
+def test_mse_l1_psnr_by_hand():
     target = torch.full((2, 1, 4, 4), 0.5)
     recon = target.clone()
     recon[0] = 0.0      # every pixel off by 0.5
     recon[1, 0, 0, 0] = 1.0  # one pixel in 16 off by 0.5
     assert torch.allclose(metrics.mse(recon, target), torch.tensor([0.25, 0.25 / 16]))
-    assert torch.allclose(metrics.mae(recon, target), torch.tensor([0.5, 0.5 / 16]))
+    assert torch.allclose(metrics.l1(recon, target), torch.tensor([0.5, 0.5 / 16]))
     assert torch.allclose(metrics.psnr(recon, target), torch.tensor([10 * math.log10(4), 10 * math.log10(64)]))
     assert torch.allclose(metrics.psnr(target, target), torch.tensor(100.0))  # eps keeps a perfect match finite
 
@@ -70,13 +71,10 @@ def test_mse_psnr_match_skimage():
 # -----------------------------------------------------------------------------
 # SSIM
 
-both_ssims = pytest.mark.parametrize("ssim", [metrics.ssim, metrics.ssim_fast], ids=["textbook", "fast"])
-
-
-@both_ssims
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("size", [28, 32])
-def test_ssim_matches_skimage(ssim, channels, size):
+def test_ssim_matches_skimage(channels, size):
+    ssim = metrics.ssim
     target = smooth_images(6, channels, size)
     recon = degrade(target)
     ours = ssim(recon, target)
@@ -89,28 +87,23 @@ def test_ssim_matches_skimage(ssim, channels, size):
 
 @needs_fashion_mnist
 def test_ssim_matches_skimage_on_fashion_mnist():
-    target = fashion_mnist_images("t10k", 300).double()  # several of ssim_fast's chunks of images
+    target = fashion_mnist_images("t10k", 300).double()
     recon = degrade(target)
-    assert np.allclose(metrics.ssim_fast(recon, target).numpy(), skimage_ssim(recon, target), atol=1e-5, rtol=0)
+    assert np.allclose(metrics.ssim(recon, target).numpy(), skimage_ssim(recon, target), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("batch, channels, height, width", [(1, 1, 11, 11), (5, 3, 28, 40), (150, 1, 28, 28),
-                                                            (70, 3, 32, 32)])
-def test_ssim_fast_agrees_with_textbook(batch, channels, height, width):
-    # white noise and its negative-ish partner: low, even negative SSIM, far from the smooth test images;
-    # 150 and 70 images span several of ssim_fast's chunks
-    g = torch.Generator().manual_seed(batch)
-    target = torch.rand(batch, channels, height, width, generator=g, dtype=torch.float64)
-    for recon in (torch.rand(target.shape, generator=g, dtype=torch.float64), 1 - target, degrade(target)):
-        assert torch.allclose(metrics.ssim_fast(recon, target), metrics.ssim(recon, target), rtol=0, atol=1e-12)
-        fast32 = metrics.ssim_fast(recon.float(), target.float())
-        textbook32 = metrics.ssim(recon.float(), target.float())
-        assert fast32.dtype == textbook32.dtype == torch.float32
-        assert torch.allclose(fast32, textbook32, rtol=0, atol=1e-6)
+def test_ssim_maps_multiply_to_ssim():
+    """The worked example's two factors: luminance x contrast-structure, averaged, is SSIM."""
+    target = smooth_images(3, 1, 28)
+    recon = degrade(target)
+    luminance, contrast_structure = metrics.ssim_maps(recon, target)
+    assert luminance.shape == contrast_structure.shape == (3, 1, 18, 18)
+    assert torch.allclose((luminance * contrast_structure).mean((1, 2, 3)), metrics.ssim(recon, target))
+    assert (luminance <= 1 + 1e-12).all()
 
 
-@both_ssims
-def test_ssim_of_identical_images_is_one(ssim):
+def test_ssim_of_identical_images_is_one():
+    ssim = metrics.ssim
     x = smooth_images(4, 3, 32)
     assert torch.allclose(ssim(x, x), torch.ones(4, dtype=x.dtype), atol=1e-12)
     worse = ssim(degrade(x, seed=2), x)
@@ -128,10 +121,9 @@ def test_ssim_valid_region_does_not_depend_on_padding():
         assert np.allclose(c, crops[0], atol=1e-14)
 
 
-@both_ssims
-def test_ssim_rejects_tiny_images(ssim):
+def test_ssim_rejects_tiny_images():
     with pytest.raises(ValueError):
-        ssim(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8))
+        metrics.ssim(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8))
 
 
 # -----------------------------------------------------------------------------
@@ -151,8 +143,8 @@ def test_perplexity_search_hits_target_entropy(dense, single_thread):
     x, _ = make_blobs(400, 20, centers=5, random_state=0)
     for perplexity in (5.0, 30.0):
         k = 399 if dense else int(3 * perplexity + 1)
-        P, neighbors = metrics.conditional_probabilities(torch.from_numpy(x), perplexity,
-                                                          n_neighbors=k if dense else None)
+        P, neighbors = metrics.nearest_neighbor_probabilities(torch.from_numpy(x), perplexity,
+                                                               n_neighbors=k if dense else None)
         assert P.shape == neighbors.shape == (400, k)
         assert torch.allclose(P.double().sum(1), torch.ones(len(x), dtype=torch.float64), atol=1e-5)
         assert (neighbors != torch.arange(len(x))[:, None]).all()         # nobody is their own neighbour
@@ -167,7 +159,7 @@ def test_perplexity_search_matches_sklearn(single_thread):
     k = 91  # scikit-learn's neighbours for perplexity 30
     distances, indices = NearestNeighbors(n_neighbors=k).fit(x).kneighbors(None)  # self excluded
     theirs = _utils._binary_search_perplexity((distances ** 2).astype(np.float32), 30.0, 0)
-    P, neighbors = metrics.conditional_probabilities(torch.from_numpy(x), 30.0)
+    P, neighbors = metrics.nearest_neighbor_probabilities(torch.from_numpy(x), 30.0)
     assert np.array_equal(neighbors.numpy(), indices)
     assert np.allclose(P.numpy(), theirs, atol=2e-5)
 
@@ -210,14 +202,14 @@ def test_tsne_gradient_fast_matches_dense(rows, single_thread):
     P_conditional = torch.rand(N, k, generator=g)
     P_conditional /= P_conditional.sum(1, keepdim=True)
     Y = 5 * torch.randn(N, 2, generator=g) + 3
-    ours = metrics._tsne_gradient_fast(P_conditional / (2 * N), neighbors, Y, 12.0, rows).double()
+    ours = metrics.tsne_gradient_sparse(P_conditional / (2 * N), neighbors, Y, 12.0, rows).double()
     dense = metrics.tsne_gradient(dense_joint_probabilities(P_conditional, neighbors), Y.double(), 12.0)
     assert torch.allclose(ours, dense, rtol=0, atol=1e-5 * dense.abs().max().item())
 
 
 def test_tsne_as_trustworthy_as_sklearn(single_thread):
     x = load_digits().data[:500].astype(np.float32)
-    ours = metrics.tsne_fast(torch.from_numpy(x), perplexity=30.0, seed=0)
+    ours = metrics.tsne_fast(torch.from_numpy(x), perplexity=30.0)
     assert ours.shape == (500, 2) and ours.dtype == np.float32
     theirs = TSNE(n_components=2, perplexity=30.0, init="pca", random_state=0).fit_transform(x)
     t_ours = trustworthiness(x, ours, n_neighbors=10)
@@ -228,16 +220,14 @@ def test_tsne_as_trustworthy_as_sklearn(single_thread):
 both_tsnes = pytest.mark.parametrize("tsne", [metrics.tsne, metrics.tsne_fast], ids=["textbook", "fast"])
 
 
-@both_tsnes
-def test_tsne_is_deterministic(tsne, single_thread):
+def test_tsne_is_deterministic(single_thread):
     x, _ = make_blobs(200, 50, centers=4, random_state=0)
     x = torch.from_numpy(x)
-    a = tsne(x, n_iter=300, seed=0)
-    b = tsne(x, n_iter=300, seed=0)
-    assert a.dtype == np.float32 and np.array_equal(a, b)
-    r1 = tsne(x, dim=3, n_iter=300, seed=1, init="random")
-    r2 = tsne(x, dim=3, n_iter=300, seed=1, init="random")
-    r3 = tsne(x, dim=3, n_iter=300, seed=2, init="random")
+    fast = metrics.tsne_fast(x, n_iter=300)
+    assert fast.dtype == np.float32 and np.array_equal(fast, metrics.tsne_fast(x, n_iter=300))
+    r1 = metrics.tsne(x, dim=3, n_iter=300, seed=1)
+    r2 = metrics.tsne(x, dim=3, n_iter=300, seed=1)
+    r3 = metrics.tsne(x, dim=3, n_iter=300, seed=2)
     assert r1.shape == (200, 3) and np.array_equal(r1, r2) and not np.array_equal(r1, r3)
 
 
@@ -253,7 +243,7 @@ def test_tsne_fast_agrees_with_textbook(single_thread):
     x, y = make_blobs(180, 50, centers=3, random_state=0)
     x = torch.from_numpy(x)
     textbook, fast = metrics.tsne(x), metrics.tsne_fast(x)
-    P = dense_joint_probabilities(*metrics.conditional_probabilities(x, 30.0, n_neighbors=179))
+    P = dense_joint_probabilities(*metrics.nearest_neighbor_probabilities(x, 30.0, n_neighbors=179))
     kl_textbook = kl_divergence(P, torch.from_numpy(textbook).double()).item()
     kl_fast = kl_divergence(P, torch.from_numpy(fast).double()).item()
     assert 0 < kl_textbook < 1 and kl_fast == pytest.approx(kl_textbook, rel=0.05)
@@ -317,9 +307,20 @@ def test_knn_accuracy_matches_hand_computation():
     train_x, train_y, test_x, test_y = x[:1000], y[:1000], x[1000:], y[1000:]
     expected = (knn_by_hand(train_x, train_y, test_x, 20, 6) == test_y).mean()
     ours = metrics.knn_accuracy(torch.from_numpy(train_x), torch.from_numpy(train_y), torch.from_numpy(test_x),
-                                torch.from_numpy(test_y), k=20, batch_size=64)
+                                torch.from_numpy(test_y), k=20, temperature=None, batch_size=64)
     assert 0.2 < expected < 1.0
     assert ours == pytest.approx(expected, abs=1e-12)
+    # DINO's vote: weights exp(similarity / 0.07)
+    a = train_x / np.linalg.norm(train_x, axis=1, keepdims=True)
+    b = test_x / np.linalg.norm(test_x, axis=1, keepdims=True)
+    sim = b @ a.T
+    top = np.argsort(-sim, axis=1)[:, :20]
+    votes = np.zeros((len(test_x), 6))
+    for i, row in enumerate(top):
+        np.add.at(votes[i], train_y[row], np.exp(sim[i, row] / 0.07))
+    dino = metrics.knn_accuracy(torch.from_numpy(train_x), torch.from_numpy(train_y), torch.from_numpy(test_x),
+                                torch.from_numpy(test_y), k=20)
+    assert dino == pytest.approx((votes.argmax(1) == test_y).mean(), abs=1e-12)
 
 
 def test_knn_accuracy_matches_sklearn_on_separated_classes():
@@ -332,3 +333,29 @@ def test_knn_accuracy_matches_sklearn_on_separated_classes():
     ours = metrics.knn_accuracy(torch.from_numpy(train_x), torch.from_numpy(train_y), torch.from_numpy(test_x),
                                 torch.from_numpy(test_y), k=20)
     assert ours == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("n_features,n_informative", [(20, 10), (300, 30)])
+def test_linear_probe_matches_sklearn_logistic_regression(n_features, n_informative):
+    """The same classifier as scikit-learn's LogisticRegression (C = 1 / (weight_decay N)) on standardised
+    features: test accuracy within a point, on classes hard enough that the probe matters."""
+    x, y = make_classification(2500, n_features, n_informative=n_informative, n_classes=5, class_sep=0.8,
+                               random_state=0)
+    x = x * np.random.default_rng(0).uniform(0.01, 100, n_features)  # features of very different scales
+    train_x, train_y, test_x, test_y = x[:2000], y[:2000], x[2000:], y[2000:]
+    mean, std = train_x.mean(0), train_x.std(0, ddof=1)
+    sk = LogisticRegression(C=1.0, max_iter=5000).fit((train_x - mean) / std, train_y)
+    expected = sk.score((test_x - mean) / std, test_y)
+    ours = metrics.linear_probe(torch.from_numpy(train_x), torch.from_numpy(train_y), torch.from_numpy(test_x),
+                                torch.from_numpy(test_y))
+    assert 0.3 < expected < 0.95
+    assert ours == pytest.approx(expected, abs=0.01)
+
+
+def test_knn_accuracy_matches_sklearn_on_real_digits():
+    """Well within a point of scikit-learn's cosine k-NN with distance weights on real 8x8 digits."""
+    x, y = load_digits(return_X_y=True)
+    train_x, train_y, test_x, test_y = x[:1400], y[:1400], x[1400:], y[1400:]
+    sk = KNeighborsClassifier(n_neighbors=20, metric="cosine", weights="distance").fit(train_x, train_y)
+    ours = metrics.knn_accuracy(*(torch.from_numpy(a) for a in (train_x, train_y, test_x, test_y)), k=20)
+    assert ours == pytest.approx(sk.score(test_x, test_y), abs=0.01)

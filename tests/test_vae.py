@@ -1,4 +1,4 @@
-"""VAE: the KL term, the loss, sampling, the warm-up, shapes. CPU, a few seconds."""
+"""VAE: the KL term, the loss, sampling, shapes. CPU, a few seconds."""
 import os
 import sys
 
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from vae import VAE, VAEConfig, gaussian_kl  # noqa: E402
+from vae import VAE, VAEConfig, gaussian_kl, vae_loss  # noqa: E402
 
 SHAPES = [(1, 28), (3, 32)]
 ARCHS = ["mlp", "conv"]
@@ -115,31 +115,21 @@ def test_out_keys_and_detached_logs():
     loss.backward()
 
 
-def test_kl_warmup_ramps_the_weight_to_beta():
-    model = VAE(small_config(beta=2.0, kl_warmup_epochs=4))
-    weights = []
-    for epoch in range(7):
-        model.epoch = epoch
-        weights.append(model.kl_weight)
-    assert 0 < weights[0] < 0.5 * 2.0
-    assert all(a < b for a, b in zip(weights[:4], weights[1:5]))  # rising through the warm-up
-    assert weights[4:] == [2.0, 2.0, 2.0]
-
-    # and the loss uses it
-    torch.manual_seed(0)
-    model.eval()
-    x = batch()
-    for epoch, weight in [(0, weights[0]), (10, 2.0)]:
-        model.epoch = epoch
-        loss, out = model(x)
-        assert torch.allclose(loss - out["recon_loss"], weight * out["kl"], rtol=1e-3, atol=1e-4)
-
-
-def test_no_warmup_means_beta_from_the_start():
-    model = VAE(small_config(beta=0.7))
-    assert model.kl_weight == 0.7
-    model.epoch = 0
-    assert model.kl_weight == 0.7
+def test_vae_loss_is_the_negative_elbo_written_out():
+    """vae_loss on its own, as a homework script calls it: -log p(x|z) summed over pixels plus beta times
+    the closed-form KL summed over latent dimensions, both averaged over images."""
+    g = torch.Generator().manual_seed(0)
+    x, recon = torch.rand(4, 1, 5, 5, generator=g), torch.rand(4, 1, 5, 5, generator=g).clamp(0.01, 0.99)
+    mu, logvar = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+    loss, reconstruction, kl = vae_loss(recon, x, mu, logvar, beta=0.5)
+    bce = -(x * recon.log() + (1 - x) * (1 - recon).log()).sum() / 4
+    kl_by_hand = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).sum() / 4
+    assert torch.allclose(reconstruction, bce) and torch.allclose(kl, kl_by_hand)
+    assert torch.allclose(loss, bce + 0.5 * kl_by_hand)
+    _, squared, _ = vae_loss(recon, x, mu, logvar, recon_loss="mse")
+    assert torch.allclose(squared, (recon - x).pow(2).sum() / 4)
+    with pytest.raises(ValueError, match="unknown recon_loss"):
+        vae_loss(recon, x, mu, logvar, recon_loss="l1")
 
 
 def test_unknown_settings_are_refused():
