@@ -175,14 +175,15 @@ def plot_weights(named_weights, name, path):
 
 
 def draw_per_epoch(groups, title, path):
-    """One panel per group {ylabel: [(analysis, colour, [(log key, line style)])]}, a curve per run and key."""
+    """One panel per group {(panel title, ylabel): [(analysis, colour, [(log key, line style)])]}, a curve
+    per run and key."""
     fig, axes = panels(len(groups), 5.5, per_row=3)
-    for ax, (ylabel, members) in zip(axes, groups.items()):
+    for ax, ((panel_title, ylabel), members) in zip(axes, groups.items()):
         for a, colour, series in members:
             for i, (key, style) in enumerate(series):
                 ax.plot([e["epoch"] for e in a["log"]], [e[key] for e in a["log"]], color=colour, linestyle=style,
                         marker="o", markersize=3, label=None if i else a["name"])
-        finish_axes(ax, epochs=True, ylabel=ylabel)
+        finish_axes(ax, epochs=True, title=panel_title, ylabel=ylabel)
     return save(fig, path, title)
 
 
@@ -190,14 +191,13 @@ def plot_psnr_per_epoch(analyses, path):
     """A panel per dataset, masked models apart: their whole-image PSNR counts the pixels they were shown."""
     groups = {}
     for i, a in enumerate(a for a in analyses if a["log"]):
-        ylabel, key = f"{a['dataset']}: whole image", "psnr"
+        panel, key = f"{a['dataset']}: PSNR over the whole image", "psnr"
         if is_masked(a["kind"], a["config"]) and "psnr_hidden" in a["log"][0]:
-            ylabel, key = f"{a['dataset']}, masked models: hidden pixels only", "psnr_hidden"
-        groups.setdefault(f"test PSNR (dB), {ylabel}", []).append((a, f"C{i % 10}", [(key, "-")]))
+            panel, key = f"{a['dataset']}, masked models: PSNR over the hidden pixels alone", "psnr_hidden"
+        groups.setdefault((panel, "test PSNR (dB)"), []).append((a, f"C{i % 10}", [(key, "-")]))
     if not groups:
         return None
-    return draw_per_epoch(groups, "test PSNR per epoch: over the whole image, and over the hidden pixels alone "
-                          "for masked models (each panel says which)", path)
+    return draw_per_epoch(groups, "test PSNR per epoch", path)
 
 
 def plot_loss_per_epoch(analyses, path):
@@ -210,7 +210,8 @@ def plot_loss_per_epoch(analyses, path):
         terms = [("VAE: KL divergence (nats / image)", "kl"), ("VAE: -log p(x|z) (nats / image)", "recon_loss")]
         for ylabel, train_key, test_key in [(loss, "train_loss", "test_loss")] + [
                 (ylabel, key, f"test_{key}") for ylabel, key in terms if key in a["log"][0]]:
-            groups.setdefault(ylabel, []).append((a, f"C{i % 10}", [(train_key, "-"), (test_key, "--")]))
+            groups.setdefault((ylabel.split(" (")[0], ylabel), []).append(
+                (a, f"C{i % 10}", [(train_key, "-"), (test_key, "--")]))
     return draw_per_epoch(groups, "loss per epoch: train (solid) and test (dashed)", path) if groups else None
 
 
