@@ -283,7 +283,8 @@ def measure(run, tsne_per_class, tsne_iters):
     """Every number the figures and report.md show of one run, computed once: a plain (json) dict with the
     run's name, kind, dataset, classes, config, epochs, log and results.json, and what is measured here: tsne
     (embeddings, cluster statistics), worked_example, noise (AE, DAE), masking (AE, MCAE, MAE)."""
-    analysis = {"name": run.name, "kind": run.kind, "dataset": run.args["dataset"], "classes": run.data.classes,
+    analysis = {"name": run.name, "kind": run.kind, "feature": train.feature_name(run.kind, run.config),
+                "dataset": run.args["dataset"], "classes": run.data.classes,
                 "config": run.config, "epochs": run.log[-1]["epoch"] if run.log else run.args["epochs"],
                 "log": run.log, "results": run.results, "tsne": measure_tsne(run, tsne_per_class, tsne_iters),
                 "worked_example": measure_worked_example(run)}

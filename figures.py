@@ -131,10 +131,6 @@ def finish_axes(ax, epochs=False, **properties):
 # per-run figures drawn from numbers
 
 
-def feature_name(kind):
-    return "CLS token" if kind == "mae" else "mean of q(z|x)" if kind == "vae" else "latent code"
-
-
 def plot_tsne(analysis, path):
     """A panel per set of points t-SNE embedded: the features of clean test images, of noisy ones for a model
     trained on noise, and the raw pixels of the same images, each with its silhouette (DvM, C10)."""
@@ -142,7 +138,7 @@ def plot_tsne(analysis, path):
     labels, per_class = np.array(tsne["labels"]), [c for c in tsne["per_class"] if c]
     names = [name for name in ("clean", "noisy", "pixels") if name in tsne]
     fig, axes = panels(len(names), 5, 4.8)
-    what = feature_name(analysis["kind"])
+    what = analysis["feature"]
     for ax, name in zip(axes, names):
         embedding = np.array(tsne[name]["embedding"])
         for c, class_name in enumerate(classes):

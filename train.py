@@ -469,9 +469,15 @@ def probe_features(model, untrained, data, protocols, batch_size, device):
     return results, sizes
 
 
-def probe_table(results, sizes, model_name):
+def feature_name(model_name, config):
+    """What encode() returns, in words."""
+    if model_name == "mae":
+        return "CLS token" if config["pool"] == "cls" else "mean of the patch tokens"
+    return "mean of q(z|x)" if model_name == "vae" else "latent code"
+
+
+def probe_table(results, sizes, vector):
     """The probes as a table a student reads at a glance, and a verdict line on what pretraining bought."""
-    vector = "CLS token" if model_name == "mae" else "mean of q(z|x)" if model_name == "vae" else "latent code"
     rows = [("raw pixels", "pixels_"), ("untrained encoder", "init_"), ("trained encoder", ""),
             ("trained patch tokens", "tokens_")]
     lines = [f"{'test accuracy of a probe on':<42} {'linear':>7} {'k-NN':>7}"]
@@ -692,7 +698,7 @@ def run(args, rank, world_size):
         untrained = model_cls(config).to(device)  # the initial weights of this run: the same seed, the same draw
         probes, sizes = probe_features(model, untrained, data, protocols, batch_size, device)
         results.update(probes)
-        print(f"probes on frozen features in {time.time() - t0:.1f}s\n{probe_table(probes, sizes, args.model)}")
+        print(f"probes on frozen features in {time.time() - t0:.1f}s\n{probe_table(probes, sizes, feature_name(args.model, dataclasses.asdict(config)))}")
 
     # fine-tuning
     if "finetune" in protocols:
@@ -726,13 +732,17 @@ def run(args, rank, world_size):
 
 def finetune_hint(args, epoch_seconds):
     """Where the MAE shines: fine-tuning, beside the same ViT trained from scratch."""
-    command = "python " + shlex.join(sys.argv) if sys.argv[0].endswith("train.py") else "python train.py ..."
+    words = [w for w in sys.argv if w != "--overwrite"] if sys.argv[0].endswith("train.py") else ["train.py", "..."]
+    if "--eval" in words:  # the protocols asked for now give way to finetune
+        del words[words.index("--eval"):words.index("--eval") + 2]
+    command = "python " + shlex.join(words)
     cost = ""
     if epoch_seconds:  # a fine-tuning epoch runs the encoder on every patch, about 3x a pretraining epoch
-        cost = f" (about {format_seconds(3 * epoch_seconds * args.finetune_epochs)} here)"
-    return (f"MAE features are made to be fine-tuned: {command} --resume --eval finetune{cost}; the same ViT "
-            f"from scratch, for what pretraining is worth: add --epochs 0 --eval finetune --out-dir {args.out_dir}-scratch")
-
+        cost = f", about {format_seconds(3 * epoch_seconds * args.finetune_epochs)} here"
+    return (f"MAE features are made to be fine-tuned ({args.finetune_epochs} epochs{cost}):\n"
+            f"  {command} --resume --eval finetune\n"
+            f"and the same ViT from scratch, for what pretraining is worth:\n"
+            f"  {command} --epochs 0 --eval finetune --out-dir {shlex.quote(args.out_dir + '-scratch')}")
 
 if __name__ == "__main__":
     try:
