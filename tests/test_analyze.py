@@ -256,7 +256,7 @@ def test_report_compares_masked_filling_with_the_plain_ae(analysed):
     for mask in ("pixel 0.5", "block 0.5 (8x8)"):
         for name in ("ae", "mcae-identity", "mcae-pixel" if mask.startswith("pixel") else "mcae-block"):
             assert f"| {name} | fashion-mnist | {mask} |" in section, (name, mask)
-    assert "| mae | fashion-mnist | patch 0.75 |" in section and "| dae |" not in section
+    assert "| mae | fashion-mnist | patch 0.5 |" in section and "| dae |" not in section
 
 
 def test_images_are_picked_one_class_after_another():
@@ -368,7 +368,8 @@ def test_worked_example_is_psnr_and_ssim_of_the_first_image(analysed):
 
 def test_attention_on_the_whole_image_is_the_models_own_map():
     torch.manual_seed(0)
-    model = MAE(MAEConfig(embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=1)).eval()
+    model = MAE(MAEConfig(patch_size=4, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16,
+                          decoder_depth=1)).eval()
     x = torch.rand(3, 1, 28, 28)
     maps, mask = analyze.cls_attention(model, x)
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ from mae import (MAE, Attention, Block, MAEConfig, patchify, random_masking,
 
 
 def tiny_config(**kw):
-    base = dict(embed_dim=32, depth=2, num_heads=4, decoder_embed_dim=32, decoder_depth=1,
+    base = dict(patch_size=4, embed_dim=32, depth=2, num_heads=4, decoder_embed_dim=32, decoder_depth=1,
                 decoder_num_heads=4)
     base.update(kw)
     return MAEConfig(**base)
@@ -251,13 +251,14 @@ def test_forward_contract(C, S, norm_pix_loss):
     x = torch.rand(3, C, S, S)
     loss, out = model(x)
     assert loss.ndim == 0 and torch.isfinite(loss)
-    for key in ("recon", "input"):
+    for key in ("recon", "prediction", "input"):
         assert out[key].shape == (3, C, S, S), key
         assert out[key].min() >= 0 and out[key].max() <= 1, key
     mask = out["mask"]
     assert mask.shape == (3, 1, S, S)
-    L = (S // 4) ** 2
-    assert torch.allclose(mask.mean((1, 2, 3)), torch.full((3,), (L - int(L * 0.25)) / L))
+    L, kept = (S // 4) ** 2, 1 - model.config.mask_ratio
+    assert torch.allclose(mask.mean((1, 2, 3)), torch.full((3,), (L - int(L * kept)) / L))
+    assert torch.equal(out["recon"] * mask, out["prediction"] * mask)  # hidden: the prediction itself
     hidden = mask.bool().expand_as(x)
     # visible patches pasted back from the input; hidden ones are the prediction; input hides them
     assert torch.equal(out["recon"][~hidden], x[~hidden])
