@@ -501,7 +501,7 @@ COMPARISON_FIGURES = {
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = train.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="directories written by train.py")
     p.add_argument("--out", help="where report.md and the figures comparing runs go (default: the parent of "
                    "the first RUN_DIR)")

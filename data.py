@@ -111,12 +111,12 @@ def available_memory():
         return None
 
 
-def check_memory(n_images, channels, image_size, root, batch_images=1024):
+def check_memory(n_images, channels, image_size, root, batch_images=64):
     """Refuse, before any file is opened, a folder whose images cannot fit in memory at this size.
 
     Reading holds each image once as it is read and once more in the stacked split (2 bytes a value as
-    uint8), and batches of up to batch_images images are made float (4 bytes a value) for the model and
-    the evaluation.
+    uint8), and a batch of up to batch_images images (train.py's default batch) is made float, 4 bytes a
+    value, for the model.
     """
     values = channels * image_size * image_size
     needed = 2 * n_images * values + 4 * min(n_images, batch_images) * values

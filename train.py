@@ -114,8 +114,15 @@ def image_channels(text):
     return int(text)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a bad flag reported in one line, without the page of usage (--help shows it)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists every flag)\n")
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("run")
     g.add_argument("--model", required=True, choices=MODELS, help="which autoencoder")
     g.add_argument("--dataset", required=True, choices=DATASETS, help="which images")
