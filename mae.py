@@ -14,7 +14,8 @@ Read top to bottom:
 - sincos_pos_embed_2d: fixed 2D sin-cos positions
 - random_masking: "shuffle by random noise, keep the first L * (1 - mask_ratio)", ids_restore to unshuffle
 - Attention, Block: a pre-norm Transformer block (Attention can be copied on its own)
-- MAE: encoder, decoder, loss, and what the rest of nanoAE asks of a model (encode, attention_maps)
+- MAE: encoder, decoder, loss, and what the rest of nanoAE asks of a model (encode; encode_tokens for
+  the probes of the patch tokens; attention_maps for the figures)
 
 The masking, ids_restore, loss, positions and decoder follow the paper's reference code
 (github.com/facebookresearch/mae); unlike it, nothing here depends on timm or numpy, and any channel

@@ -151,10 +151,11 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, k=20,
     """Accuracy of a k-nearest-neighbour vote on frozen features, by cosine similarity.
 
     Each test point takes the k training points of highest cosine similarity s; each votes for its class
-    with weight exp(s / temperature), so that close neighbours count more (DINO's weighted k-NN; None:
-    the similarity itself). Features (N, D), labels (N,) -> fraction correct in [0, 1].
+    with weight exp(s / temperature), so that close neighbours count more (DINO's weighted k-NN); with
+    temperature=None each vote weighs its similarity s. Features (N, D), labels (N,) -> fraction correct in [0, 1].
     """
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    k = min(k, len(train_features))
     train_features = F.normalize(train_features.float(), dim=1)
     test_features = F.normalize(test_features.float(), dim=1)
     correct = 0
@@ -258,7 +259,8 @@ def tsne(x, dim=2, perplexity=30.0, n_iter=1000, seed=0):
 # -----------------------------------------------------------------------------
 # t-SNE, fast variant (what analyze.py runs): P kept only over each point's 3 x perplexity nearest
 # neighbours, as scikit-learn; the exact repulsion over all N^2 pairs a cache-sized chunk of rows at a
-# time; a PCA start. O(N k) memory, O(N^2) time per step, ~20x faster than `tsne` at N = 1000.
+# time; a PCA start. O(N k) memory, O(N^2) time per step: the attraction walks N k edges instead of N^2
+# pairs, and the repulsion runs as a few large matrix products over chunks that stay in the CPU's cache.
 
 
 def chunk_rows(n_cols, device):
@@ -286,8 +288,8 @@ def nearest_neighbor_probabilities(x, perplexity=30.0, n_neighbors=None):
         xi = x[i:i + rows]                                   # |x_i - x_j|^2 = |x_i|^2 + |x_j|^2 - 2 x_i.x_j
         d = (xi.pow(2).sum(1, keepdim=True) + x.pow(2).sum(1) - 2 * xi @ x.T).clamp_(min=0)  # (b, N)
         d[:, i:i + len(d)].fill_diagonal_(math.inf)                        # a point is not its own neighbour
-        d, neighbors[i:i + len(d)] = d.topk(k, dim=1, largest=False)      # (b, k)
-        P[i:i + len(d)] = perplexity_search(d, perplexity)
+        nearest, neighbors[i:i + len(d)] = d.topk(k, dim=1, largest=False)  # (b, k)
+        P[i:i + len(d)] = perplexity_search(nearest, perplexity)
     return P, neighbors
 
 

@@ -57,10 +57,13 @@ def vae_loss(recon, x, mu, logvar, beta=1.0, recon_loss="bce"):
     collapses q(z|x) onto the prior.
     """
     B = x.shape[0]
+    recon, x = recon.float(), x.float()  # logs of bf16 values near 0 or 1 are too coarse for a loss
     if recon_loss == "bce":
-        # -log p(x|z) for a Bernoulli decoder whose means are the recon pixels (pytorch/examples vae/main.py).
-        # Grey levels in (0, 1) are soft targets, so its minimum is the entropy of x rather than 0.
-        reconstruction = F.binary_cross_entropy(recon, x, reduction="sum") / B
+        # -log p(x|z) for a Bernoulli decoder whose means are the recon pixels (pytorch/examples vae/main.py),
+        # the binary cross-entropy written out; the clamp keeps log(0) of a saturated pixel finite. Grey
+        # levels in (0, 1) are soft targets, so its minimum is the entropy of x rather than 0.
+        p = recon.clamp(1e-7, 1 - 1e-7)
+        reconstruction = -(x * torch.log(p) + (1 - x) * torch.log(1 - p)).sum() / B
     elif recon_loss == "mse":
         # -log p(x|z) for a Gaussian decoder with variance 1/2, up to a constant. It is much smaller than
         # the BCE for the same images, so the KL weighs more: use a smaller beta with it.

@@ -359,3 +359,10 @@ def test_knn_accuracy_matches_sklearn_on_real_digits():
     sk = KNeighborsClassifier(n_neighbors=20, metric="cosine", weights="distance").fit(train_x, train_y)
     ours = metrics.knn_accuracy(*(torch.from_numpy(a) for a in (train_x, train_y, test_x, test_y)), k=20)
     assert ours == pytest.approx(sk.score(test_x, test_y), abs=0.01)
+
+
+def test_knn_accuracy_with_fewer_training_points_than_k():
+    """A tiny training set (a handful of images of your own): every training point votes."""
+    train_x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    train_y, test_y = torch.tensor([0, 0, 1]), torch.tensor([0, 1])
+    assert metrics.knn_accuracy(train_x, train_y, torch.tensor([[1.0, 0.05], [0.05, 1.0]]), test_y, k=20) == 1.0
