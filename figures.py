@@ -373,8 +373,8 @@ def accuracy_section(analyses):
 
 def reconstruction_section(analyses):
     rows = [[a["name"], fmt(r.get("psnr"), 2), fmt(r.get("ssim")), fmt(r.get("mse"), 5), fmt(r.get("l1"), 5),
-             # 99.9: metrics.psnr's 100 dB cap for an input equal to the image, not a measurement
-             "clean" if r.get("psnr_input", 0) >= 99.9 else fmt(r.get("psnr_input"), 2), fmt(r.get("psnr_hidden"), 2)]
+             # no psnr_input: the encoder saw the clean image; 99.9: an MCAE hiding nothing (PSNR's 100 dB cap)
+             "clean" if r.get("psnr_input", 100) >= 99.9 else fmt(r.get("psnr_input"), 2), fmt(r.get("psnr_hidden"), 2)]
             for a in analyses for r in [a["results"]]]
     return ["## Reconstruction (test set)", "", "PSNR of input: the noisy or masked image the encoder saw against the "
             "original (clean: the image itself). Hidden PSNR: masked models, over the hidden pixels only. Mean abs. "

@@ -423,12 +423,13 @@ def evaluate(model, test_x, batch_size, seed, device):
                 "test_loss": loss.float().expand(len(x)),
                 "mse": metrics.mse(recon, x), "l1": metrics.l1(recon, x),
                 "psnr": metrics.psnr(recon, x), "ssim": metrics.ssim(recon, x),
-                "psnr_input": metrics.psnr(out["input"].float(), x),  # the corrupted input, as a baseline
                 # how much the reconstructions differ from image to image: ~0 when the model gives the
                 # same picture (all black, the mean image) whatever it is shown
                 "recon_spread": recon.flatten(1).std(dim=0, correction=0).mean().expand(len(x)),
                 **{k: v.float().expand(len(x)) for k, v in out.items() if v.ndim == 0},
             }
+            if out["input"] is not x:  # noisy or masked: the corrupted input itself, the baseline to beat
+                per_image["psnr_input"] = metrics.psnr(out["input"].float(), x)
             if "mask" in out and out["mask"].any():  # masked models: how well the hidden pixels were filled
                 psnr_hidden = metrics.hidden_psnr(recon, x, out["mask"])  # NaN: an image with nothing hidden
                 per_image["psnr_hidden"] = psnr_hidden.nan_to_num(psnr_hidden.nanmean().item())
