@@ -17,6 +17,7 @@ A run, in the order this file reads:
 Writes ckpt.pt, log.jsonl, results.json (and finetune.pt) to --out-dir (default out/<model>-<dataset>).
 """
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
@@ -227,7 +228,7 @@ def parse_args(argv=None):
     # build the model once on the CPU, so a setting it cannot take (a patch size that does not divide
     # the image, too many heads for the width, nothing left visible) is refused before any work starts
     try:
-        MODELS[args.model][0](build_config(args.model, vars(args), *image_shape(args.dataset, args)))
+        MODELS[args.model][0](build_config(args.model, vars(args), *image_shape(args.dataset, args.image_channels, args.image_size)))
     except ValueError as e:
         p.error(f"--model {args.model}: {e}")
     return args
@@ -252,11 +253,11 @@ def check_device(p, device):
         p.error("--device mps: no Apple GPU here (use --device cpu)")
 
 
-def image_shape(dataset, args):
+def image_shape(dataset, image_channels=None, image_size=None):
     """(channels, size) of the images: the dataset's own, or what --channels/--image-size ask of a folder."""
     _, channels, size, _, _, _ = DATASETS[dataset]
     if dataset == "folder":
-        return args.image_channels or channels, args.image_size or size
+        return image_channels or channels, image_size or size
     return channels, size
 
 
@@ -569,179 +570,183 @@ def finetune(model, data, epochs, batch_size, head_kind, head_lr, encoder_lr, we
 # the run
 
 
+@contextlib.contextmanager
+def owned_out_dir(out_dir, lock):
+    """The run's hold on its --out-dir: the lock of lock_out_dir while the run lives (lock=False: another
+    process of the run holds it), and no directory left behind by a run that failed before writing anything."""
+    created = not os.path.isdir(out_dir)
+    handle = lock_out_dir(out_dir) if lock else None
+    try:
+        yield
+    except BaseException:
+        if created and os.path.isdir(out_dir) and os.listdir(out_dir) == [".lock"]:
+            os.remove(os.path.join(out_dir, ".lock"))
+            os.rmdir(out_dir)
+        raise
+    finally:
+        if handle:
+            handle.close()
+
+
 def main(argv=None):
     args = parse_args(argv)
     # data parallelism: torchrun starts one process per device and tells each its RANK and the WORLD_SIZE
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     out_dir = args.out_dir
-    created = not os.path.isdir(out_dir)
-    lock = lock_out_dir(out_dir) if rank == 0 else None  # rank 0 alone writes files
-    try:
-        run(args, rank, world_size)
-    except BaseException:
-        if created and os.path.isdir(out_dir) and os.listdir(out_dir) == [".lock"]:  # a run that never began
-            os.remove(os.path.join(out_dir, ".lock"))
-            os.rmdir(out_dir)
-        raise
-    finally:
-        if lock:
-            lock.close()
+    with owned_out_dir(out_dir, lock=rank == 0):  # rank 0 alone writes files
+        ckpt_path, log_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "log.jsonl")
+        results_path = os.path.join(out_dir, "results.json")
+        check_out_dir(out_dir, args.resume, args.overwrite)
+        if world_size > 1:
+            dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+            if args.device.startswith("cuda"):
+                args.device = f"cuda:{os.environ['LOCAL_RANK']}"
+                torch.cuda.set_device(args.device)
+            if rank != 0:
+                sys.stdout = open(os.devnull, "w")  # rank 0 alone prints
+        device = args.device
+        if device.startswith("cuda"):
+            torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: float32 range, tensor-core speed
+            torch.backends.cudnn.allow_tf32 = True
 
-
-def run(args, rank, world_size):
-    out_dir = args.out_dir
-    ckpt_path, log_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "log.jsonl")
-    results_path = os.path.join(out_dir, "results.json")
-    check_out_dir(out_dir, args.resume, args.overwrite)
-    if world_size > 1:
-        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
-        if args.device.startswith("cuda"):
-            args.device = f"cuda:{os.environ['LOCAL_RANK']}"
-            torch.cuda.set_device(args.device)
-        if rank != 0:
-            sys.stdout = open(os.devnull, "w")  # rank 0 alone prints
-    device = args.device
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: float32 range, tensor-core speed
-        torch.backends.cudnn.allow_tf32 = True
-
-    # data
-    t0 = time.time()
-    channels, size = image_shape(args.dataset, args)
-    data = load_data(args.dataset, args.data_dir, device, args.train_size, args.seed, size, channels)
-    print(f"data: {args.dataset}, {len(data.train_x)} train / {len(data.test_x)} test images "
-          f"{tuple(data.train_x.shape[1:])} on {device} in {time.time() - t0:.1f}s")
-
-    # model and optimizer; a resumed run keeps the settings it was trained with (--norm-pix-loss,
-    # --mask-ratio, ...) unless a flag given now changes them
-    model_cls, _, recipe = MODELS[args.model]
-    ckpt = load_checkpoint(ckpt_path, args.model) if args.resume else None
-    config = build_config(args.model, vars(args), channels, size, saved=ckpt["config"] if ckpt else None)
-    torch.manual_seed(args.seed)
-    model = model_cls(config).to(device)
-    if hasattr(model, "init_output_bias"):  # AE family: the sigmoid decoder starts at the mean image
-        model.init_output_bias(data.train_x.mean(dim=0, dtype=torch.float32) / 255)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=recipe["betas"], weight_decay=args.weight_decay)
-    start_epoch = resume_from(ckpt, ckpt_path, model, optimizer) if ckpt else 0
-    if rank == 0:
-        entries = read_log(log_path, start_epoch)
-        with open(log_path, "w") as f:  # keep the log in step with the checkpoint
-            f.writelines(json.dumps(e) + "\n" for e in entries)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {config}\n{n_params / 1e6:.2f}M parameters")
-
-    def save_checkpoint(epoch):
-        save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                     "model_name": args.model, "config": dataclasses.asdict(config), "args": vars(args)}, ckpt_path)
-
-    # pretraining
-    # under torchrun, DDP averages the gradients of all processes in backward(): every process then
-    # takes the same AdamW step, so the weights stay identical without ever being sent
-    forward = DDP(model) if world_size > 1 else model
-    n, batch_size = len(data.train_x), args.batch_size
-    steps_per_epoch = math.ceil(n / batch_size)
-    total_steps, warmup_steps = args.epochs * steps_per_epoch, recipe["warmup_epochs"] * steps_per_epoch
-    epoch_seconds = None
-    for epoch in range(start_epoch, args.epochs):
-        # everything random in an epoch (order, noise, masks) follows from (seed, epoch): a run resumed
-        # after epoch k repeats exactly what the uninterrupted run did
-        torch.manual_seed(args.seed * 1000 + epoch)
-        model.train()
-        perm = torch.randperm(n, device=data.train_x.device)
-        t0 = last_print = time.time()
-        sums = {}
-        for i, s in enumerate(batches(n, batch_size)):
-            lr = args.lr * lr_factor(epoch * steps_per_epoch + i, total_steps, warmup_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x = data.train_batch(perm[s][rank::world_size])  # this process's share of the batch
-            with autocast(device):
-                loss, out = forward(x)
-            if not torch.isfinite(loss):
-                kept = f"ckpt.pt keeps epoch {epoch}" if epoch > 0 else "nothing was saved"
-                raise FloatingPointError(f"loss became {loss.item()} at step {i + 1} of epoch {epoch + 1}; {kept}. "
-                                         f"Try a lower --lr (now {args.lr}).")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            # the epoch's means over steps of the loss and of the model's own scalars (the VAE's kl, ...),
-            # summed as tensors on the device and read once an epoch
-            for key, value in {"train_loss": loss, **{k: v for k, v in out.items() if v.ndim == 0}}.items():
-                sums[key] = sums.get(key, 0.0) + value.detach().float()
-            if time.time() - last_print > 15 or (epoch == 0 and i == 19):  # an early rate and eta, then every 15 s
-                show_progress("pretrain", i + 1, steps_per_epoch, loss.item(), (i + 1) * batch_size, t0)
-                last_print = time.time()
-        epoch_seconds = time.time() - t0
-        if rank != 0:
-            continue
-        train_stats = {key: (value / steps_per_epoch).item() for key, value in sums.items()}
-        test_stats = evaluate(model, data.test_x, batch_size, args.seed, device)
-        entry = {"epoch": epoch + 1, "train_loss": train_stats.pop("train_loss"), "test_loss": test_stats["test_loss"],
-                 "psnr": test_stats["psnr"], "ssim": test_stats["ssim"], "seconds": epoch_seconds}
-        if "psnr_hidden" in test_stats:  # masked models: the score of the fill-in alone
-            entry["psnr_hidden"] = test_stats["psnr_hidden"]
-        for key, value in train_stats.items():  # the model's own scalars: train and test
-            entry[key], entry["test_" + key] = value, test_stats[key]
-        extra = "".join(f" | {key} {value:.2f}" for key, value in train_stats.items())
-        hidden = f" (hidden {entry['psnr_hidden']:.2f})" if "psnr_hidden" in entry else ""
-        print(f"epoch {epoch + 1}/{args.epochs} | train {entry['train_loss']:.4f} | test {entry['test_loss']:.4f}"
-              f"{extra} | psnr {entry['psnr']:.2f} dB{hidden} | ssim {entry['ssim']:.3f} | {n / epoch_seconds:.0f} "
-              f"img/s | {epoch_seconds:.1f}s | eta {format_seconds(epoch_seconds * (args.epochs - epoch - 1))}",
-              flush=True)
-        if dead_run_warning(test_stats):
-            print(dead_run_warning(test_stats), flush=True)
-        with open(log_path, "a") as f:  # log first: a crash before the checkpoint leaves a line to trim
-            f.write(json.dumps(entry) + "\n")
-        save_checkpoint(epoch + 1)
-    if args.epochs == 0 and rank == 0:  # the untrained model: analyze.py sets it beside pretrained ones
-        save_checkpoint(0)
-    if world_size > 1:  # evaluation and fine-tuning run in rank 0 alone: the same numbers as one process
-        dist.destroy_process_group()
-        if rank != 0:
-            return
-
-    # evaluation: reconstruction, then the probes beside their baselines
-    results = evaluate(model, data.test_x, batch_size, args.seed, device)
-    protocols = [p for p in args.eval.split(",") if p]
-    if {"linear", "knn"} & set(protocols):
+        # data
         t0 = time.time()
+        channels, size = image_shape(args.dataset, args.image_channels, args.image_size)
+        data = load_data(args.dataset, args.data_dir, device, args.train_size, args.seed, size, channels)
+        print(f"data: {args.dataset}, {len(data.train_x)} train / {len(data.test_x)} test images "
+              f"{tuple(data.train_x.shape[1:])} on {device} in {time.time() - t0:.1f}s")
+
+        # model and optimizer; a resumed run keeps the settings it was trained with (--norm-pix-loss,
+        # --mask-ratio, ...) unless a flag given now changes them
+        model_cls, _, recipe = MODELS[args.model]
+        ckpt = load_checkpoint(ckpt_path, args.model) if args.resume else None
+        config = build_config(args.model, vars(args), channels, size, saved=ckpt["config"] if ckpt else None)
         torch.manual_seed(args.seed)
-        untrained = model_cls(config).to(device)  # the initial weights of this run: the same seed, the same draw
-        probes, sizes = probe_features(model, untrained, data, protocols, batch_size, device)
-        results.update(probes)
-        print(f"probes on frozen features in {time.time() - t0:.1f}s\n{probe_table(probes, sizes, feature_name(args.model, dataclasses.asdict(config)))}")
+        model = model_cls(config).to(device)
+        if hasattr(model, "init_output_bias"):  # AE family: the sigmoid decoder starts at the mean image
+            model.init_output_bias(data.train_x.mean(dim=0, dtype=torch.float32) / 255)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=recipe["betas"], weight_decay=args.weight_decay)
+        start_epoch = resume_from(ckpt, ckpt_path, model, optimizer) if ckpt else 0
+        if rank == 0:
+            entries = read_log(log_path, start_epoch)
+            with open(log_path, "w") as f:  # keep the log in step with the checkpoint
+                f.writelines(json.dumps(e) + "\n" for e in entries)
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"model: {config}\n{n_params / 1e6:.2f}M parameters")
 
-    # fine-tuning
-    if "finetune" in protocols:
-        torch.manual_seed(args.seed)  # the same head, order and drop path whatever else --eval ran first
-        encoder_lr = args.finetune_lr if args.finetune_lr is not None else args.head_lr
-        accuracy, tuned, head = finetune(model, data, args.finetune_epochs, batch_size, args.head, args.head_lr,
-                                         encoder_lr, args.weight_decay, device)
-        results["finetune_acc"] = accuracy
-        save_atomic({"model": tuned.state_dict(), "head": head.state_dict(), "head_kind": args.head,
-                     "model_name": args.model, "config": dataclasses.asdict(config), "args": vars(args)},
-                    os.path.join(out_dir, "finetune.pt"))
-        print(f"fine-tune accuracy {accuracy:.4f} (model and head in finetune.pt)")
+        def save_checkpoint(epoch):
+            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                         "model_name": args.model, "config": dataclasses.asdict(config), "args": vars(args)}, ckpt_path)
 
-    # results
-    results.update({"model": args.model, "dataset": args.dataset, "epochs": args.epochs,
-                    "train_size": len(data.train_x), "parameters": n_params})
-    if args.resume and os.path.exists(results_path):  # e.g. --resume --eval finetune keeps linear and knn
-        with open(results_path) as f:
-            results = {**json.load(f), **results}
-    with open(results_path + ".tmp", "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(results_path + ".tmp", results_path)
-    print("results: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items() if isinstance(v, float) and
-                                  not k.endswith("_acc")))
-    if dead_run_warning(results):
-        print(dead_run_warning(results))
-    print(f"wrote {out_dir}/ckpt.pt, log.jsonl, results.json" + (", finetune.pt" if "finetune" in protocols else ""))
-    if args.model == "mae" and "finetune" not in protocols:
-        print(finetune_hint(args, epoch_seconds, config.mask_ratio))
+        # pretraining
+        # under torchrun, DDP averages the gradients of all processes in backward(): every process then
+        # takes the same AdamW step, so the weights stay identical without ever being sent
+        forward = DDP(model) if world_size > 1 else model
+        n, batch_size = len(data.train_x), args.batch_size
+        steps_per_epoch = math.ceil(n / batch_size)
+        total_steps, warmup_steps = args.epochs * steps_per_epoch, recipe["warmup_epochs"] * steps_per_epoch
+        epoch_seconds = None
+        for epoch in range(start_epoch, args.epochs):
+            # everything random in an epoch (order, noise, masks) follows from (seed, epoch): a run resumed
+            # after epoch k repeats exactly what the uninterrupted run did
+            torch.manual_seed(args.seed * 1000 + epoch)
+            model.train()
+            perm = torch.randperm(n, device=data.train_x.device)
+            t0 = last_print = time.time()
+            sums = {}
+            for i, s in enumerate(batches(n, batch_size)):
+                lr = args.lr * lr_factor(epoch * steps_per_epoch + i, total_steps, warmup_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                x = data.train_batch(perm[s][rank::world_size])  # this process's share of the batch
+                with autocast(device):
+                    loss, out = forward(x)
+                if not torch.isfinite(loss):
+                    kept = f"ckpt.pt keeps epoch {epoch}" if epoch > 0 else "nothing was saved"
+                    raise FloatingPointError(f"loss became {loss.item()} at step {i + 1} of epoch {epoch + 1}; {kept}. "
+                                             f"Try a lower --lr (now {args.lr}).")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                # the epoch's means over steps of the loss and of the model's own scalars (the VAE's kl, ...),
+                # summed as tensors on the device and read once an epoch
+                for key, value in {"train_loss": loss, **{k: v for k, v in out.items() if v.ndim == 0}}.items():
+                    sums[key] = sums.get(key, 0.0) + value.detach().float()
+                if time.time() - last_print > 15 or (epoch == 0 and i == 19):  # an early rate and eta, then every 15 s
+                    show_progress("pretrain", i + 1, steps_per_epoch, loss.item(), (i + 1) * batch_size, t0)
+                    last_print = time.time()
+            epoch_seconds = time.time() - t0
+            if rank != 0:
+                continue
+            train_stats = {key: (value / steps_per_epoch).item() for key, value in sums.items()}
+            test_stats = evaluate(model, data.test_x, batch_size, args.seed, device)
+            entry = {"epoch": epoch + 1, "train_loss": train_stats.pop("train_loss"), "test_loss": test_stats["test_loss"],
+                     "psnr": test_stats["psnr"], "ssim": test_stats["ssim"], "seconds": epoch_seconds}
+            if "psnr_hidden" in test_stats:  # masked models: the score of the fill-in alone
+                entry["psnr_hidden"] = test_stats["psnr_hidden"]
+            for key, value in train_stats.items():  # the model's own scalars: train and test
+                entry[key], entry["test_" + key] = value, test_stats[key]
+            extra = "".join(f" | {key} {value:.2f}" for key, value in train_stats.items())
+            hidden = f" (hidden {entry['psnr_hidden']:.2f})" if "psnr_hidden" in entry else ""
+            print(f"epoch {epoch + 1}/{args.epochs} | train {entry['train_loss']:.4f} | test {entry['test_loss']:.4f}"
+                  f"{extra} | psnr {entry['psnr']:.2f} dB{hidden} | ssim {entry['ssim']:.3f} | {n / epoch_seconds:.0f} "
+                  f"img/s | {epoch_seconds:.1f}s | eta {format_seconds(epoch_seconds * (args.epochs - epoch - 1))}",
+                  flush=True)
+            if dead_run_warning(test_stats):
+                print(dead_run_warning(test_stats), flush=True)
+            with open(log_path, "a") as f:  # log first: a crash before the checkpoint leaves a line to trim
+                f.write(json.dumps(entry) + "\n")
+            save_checkpoint(epoch + 1)
+        if args.epochs == 0 and rank == 0:  # the untrained model: analyze.py sets it beside pretrained ones
+            save_checkpoint(0)
+        if world_size > 1:  # evaluation and fine-tuning run in rank 0 alone: the same numbers as one process
+            dist.destroy_process_group()
+            if rank != 0:
+                return
+
+        # evaluation: reconstruction, then the probes beside their baselines
+        results = evaluate(model, data.test_x, batch_size, args.seed, device)
+        protocols = [p for p in args.eval.split(",") if p]
+        if {"linear", "knn"} & set(protocols):
+            t0 = time.time()
+            torch.manual_seed(args.seed)
+            untrained = model_cls(config).to(device)  # the initial weights of this run: the same seed, the same draw
+            probes, sizes = probe_features(model, untrained, data, protocols, batch_size, device)
+            results.update(probes)
+            print(f"probes on frozen features in {time.time() - t0:.1f}s\n{probe_table(probes, sizes, feature_name(args.model, dataclasses.asdict(config)))}")
+
+        # fine-tuning
+        if "finetune" in protocols:
+            torch.manual_seed(args.seed)  # the same head, order and drop path whatever else --eval ran first
+            encoder_lr = args.finetune_lr if args.finetune_lr is not None else args.head_lr
+            accuracy, tuned, head = finetune(model, data, args.finetune_epochs, batch_size, args.head, args.head_lr,
+                                             encoder_lr, args.weight_decay, device)
+            results["finetune_acc"] = accuracy
+            save_atomic({"model": tuned.state_dict(), "head": head.state_dict(), "head_kind": args.head,
+                         "model_name": args.model, "config": dataclasses.asdict(config), "args": vars(args)},
+                        os.path.join(out_dir, "finetune.pt"))
+            print(f"fine-tune accuracy {accuracy:.4f} (model and head in finetune.pt)")
+
+        # results
+        results.update({"model": args.model, "dataset": args.dataset, "epochs": args.epochs,
+                        "train_size": len(data.train_x), "parameters": n_params})
+        if args.resume and os.path.exists(results_path):  # e.g. --resume --eval finetune keeps linear and knn
+            with open(results_path) as f:
+                results = {**json.load(f), **results}
+        with open(results_path + ".tmp", "w") as f:
+            json.dump(results, f, indent=2)
+        os.replace(results_path + ".tmp", results_path)
+        print("results: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items() if isinstance(v, float) and
+                                      not k.endswith("_acc")))
+        if dead_run_warning(results):
+            print(dead_run_warning(results))
+        print(f"wrote {out_dir}/ckpt.pt, log.jsonl, results.json" + (", finetune.pt" if "finetune" in protocols else ""))
+        if args.model == "mae" and "finetune" not in protocols:
+            print(finetune_hint(out_dir, args.finetune_epochs, epoch_seconds, config.mask_ratio,
+                                    config.finetune_mask_ratio))
 
 
-def finetune_hint(args, epoch_seconds, mask_ratio):
+def finetune_hint(out_dir, finetune_epochs, epoch_seconds, mask_ratio, finetune_mask_ratio):
     """Where the MAE shines: fine-tuning, beside the same ViT trained from scratch."""
     words = ([w for w in sys.argv if w not in ("--overwrite", "--resume")] if sys.argv[0].endswith("train.py")
              else ["train.py", "..."])
@@ -752,13 +757,13 @@ def finetune_hint(args, epoch_seconds, mask_ratio):
     if epoch_seconds:
         # fine-tuning runs the encoder on the patches it keeps (all, unless --finetune-mask-ratio) instead of
         # the visible share, and no decoder: a step costs about 0.7 of a pretraining step per token
-        kept = 1 - (args.finetune_mask_ratio or 0.0)
-        finetune_seconds = 0.7 * epoch_seconds * kept / (1 - mask_ratio) * args.finetune_epochs
+        finetune_seconds = 0.7 * epoch_seconds * (1 - finetune_mask_ratio) / (1 - mask_ratio) * finetune_epochs
         cost = f", about {format_seconds(finetune_seconds)} here"
-    return (f"MAE features are made to be fine-tuned ({args.finetune_epochs} epochs{cost}):\n"
+    return (f"MAE features are made to be fine-tuned ({finetune_epochs} epochs{cost}):\n"
             f"  {command} --resume --eval finetune\n"
             f"and the same ViT from scratch, for what pretraining is worth:\n"
-            f"  {command} --epochs 0 --eval finetune --out-dir {shlex.quote(args.out_dir + '-scratch')}")
+            f"  {command} --epochs 0 --eval finetune --out-dir {shlex.quote(out_dir + '-scratch')}")
+
 
 if __name__ == "__main__":
     try:
