@@ -562,7 +562,8 @@ def finetune(model, data, epochs, batch_size, head_kind, head_lr, encoder_lr, we
               f"{time.time() - t0:.1f}s", flush=True)
     model.eval(), head.eval()
     with torch.no_grad():
-        logits = extract_features(lambda x: head(model.encode(x)), data.test_x, batch_size, device)
+        # the head's outputs on the test images, batch by batch, as extract_features makes any (N, D) output
+        logits = extract_features(lambda x: head(model.encode(x)), data.test_x, batch_size, device)  # (N, classes)
     return (logits.argmax(1) == data.test_y).float().mean().item(), model, head
 
 
