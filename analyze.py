@@ -6,9 +6,8 @@ MLP = the report on MLP denoising AEs (MNIST, Fashion-MNIST).
 
     python analyze.py out/ae-fashion-mnist out/dae-fashion-mnist out/mae-fashion-mnist
 
-Measure, then draw: this file loads each run, measures its numbers once into RUN_DIR/analysis.json and
-runs its model on test images for the figures that show images; figures.py draws every figure and
-report.md from those numbers and images alone.
+Measure, then draw: this file measures each run once into RUN_DIR/analysis.json and runs its model on
+test images; figures.py draws the figures and report.md from those numbers and images alone.
 
 Per run, in RUN_DIR/figures/:
     reconstructions.png   original / what the encoder saw / reconstruction        (DvM, C10, MLP)
@@ -28,16 +27,12 @@ Comparing the runs, in --out (default: the parent of the first run dir):
     figures/mask_ratios.png      MCAE runs trained at different mask ratios, tested at 0.1, 0.3, 0.5 (C10)
     figures/vae_vs_ae.png        a VAE and an AE run of one dataset: originals and both reconstructions (C10)
     figures/three_levels.png     MCAE runs hiding nothing, random pixels and blocks (Mask)
-    report.md                    runs and settings, accuracy beside raw pixels and the untrained encoder,
-                                 reconstruction, filling-in and cluster tables, PSNR and SSIM worked through
-Measured on the first test images (up to 1000; a few hundred per class for t-SNE): minutes on a CPU.
+    report.md                    every run's numbers beside their baselines, PSNR and SSIM worked through
 """
 import argparse
-import dataclasses
 import json
 import math
 import os
-import sys
 import time
 
 import numpy as np
@@ -48,8 +43,8 @@ from matplotlib.colors import LogNorm, Normalize
 
 import figures
 import metrics
-import train
-from data import Data, RunError, load_data, to_float
+from runs import Parser, dead_run_warning, feature_name, load_runs, positive_int, run_main
+from data import to_float
 from figures import MASK_RATIOS, NOISE_VARIANCES, is_masked
 from mae import MAE
 from mcae import random_mask
@@ -64,50 +59,8 @@ ARITHMETIC = {"mnist": ("7", "1", "0"), "fashion-mnist": ("Ankle boot", "Sneaker
 INTERPOLATION_PAIRS = [(0, 1), (3, 5), (7, 9)]  # class indices of the image pairs to interpolate between
 
 
-class AnalyzeError(Exception):
-    """A problem with the runs given (no checkpoint, ...): reported in one line, no stack trace."""
-
-
 # -----------------------------------------------------------------------------
-# runs, and which of their test images the analysis looks at
-
-
-@dataclasses.dataclass
-class Run:
-    name: str               # the run directory's name, used in legends and tables
-    path: str               # the run directory
-    model: nn.Module        # in eval mode, on the analysis device
-    kind: str               # 'ae', 'dae', 'vae', 'mcae' or 'mae'
-    args: dict              # train.py's flags
-    config: dict            # the model's config, as saved in the checkpoint
-    log: list               # one dict per epoch (log.jsonl)
-    results: dict           # results.json (empty if the run stopped before writing it)
-    data: Data              # the run's dataset
-
-
-def load_runs(run_dirs, device, data_dir=None):
-    """Load every run with its log, results and dataset. Each run's data comes from the --data-dir it was
-    trained with, so runs of different datasets mix; data_dir overrides it. Each dataset is read once."""
-    for run_dir in run_dirs:  # check them all first: a typo should not cost the time of loading the rest
-        if not os.path.isfile(os.path.join(run_dir, "ckpt.pt")):
-            raise AnalyzeError(f"{run_dir} has no ckpt.pt: give run directories written by train.py")
-    names = [os.path.basename(os.path.abspath(d)) for d in run_dirs]
-    datasets, runs = {}, []
-    for run_dir, name in zip(run_dirs, names):
-        if names.count(name) > 1:  # out/a/dae and out/b/dae: keep them apart in tables and legends
-            name = os.path.join(os.path.basename(os.path.dirname(os.path.abspath(run_dir))), name)
-        model, args, ckpt = train.load_run(run_dir, device)
-        dataset, directory = args["dataset"], data_dir or args["data_dir"]
-        channels, size = ckpt["config"]["in_channels"], ckpt["config"]["image_size"]
-        # the jittered CIFAR-10 test set and a folder's test split are drawn from the run's seed
-        key = (dataset, directory, args["seed"] if dataset in ("cifar10-jitter", "folder") else 0, channels, size)
-        if key not in datasets:
-            datasets[key] = load_data(dataset, directory, device, seed=args["seed"], image_size=size, channels=channels)
-        results_path = os.path.join(run_dir, "results.json")
-        results = json.load(open(results_path)) if os.path.exists(results_path) else {}
-        log = train.read_log(os.path.join(run_dir, "log.jsonl"), ckpt["epoch"])
-        runs.append(Run(name, run_dir, model, ckpt["model_name"], args, ckpt["config"], log, results, datasets[key]))
-    return runs
+# which test images the analysis looks at
 
 
 def rank_in_class(labels):
@@ -161,17 +114,6 @@ def masked_reconstruction(model, x, mask_ratio, mask_type="block", block_size=8,
     mask = random_mask(len(x), x.shape[2], x.shape[3], block, mask_ratio, x.device).to(x.dtype)  # (B, 1, H, W)
     inp = x * (1 - mask)
     return inp, in_batches(lambda batch: model.decoder(model.encoder(batch)), inp), mask
-
-
-def jacobian_energy(model, x):
-    """For each input pixel, how strongly it moves the latent code: sum over latent units d and channels c
-    of (dz_d / dx_{c,h,w})^2, the pixel's share of the squared Frobenius norm of the Jacobian dz/dx.
-    (B, C, H, W) -> (B, H, W). Each image's Jacobian whole by reverse mode (torch.func.jacrev): one
-    backward pass per latent unit, batched, so the memory is D copies of one image."""
-    def encode_one(image):  # (C, H, W) -> (D,)
-        return model.encode(image.unsqueeze(0)).squeeze(0)
-
-    return torch.stack([torch.func.jacrev(encode_one)(image).pow(2).sum(dim=(0, 1)) for image in x])  # (B, H, W)
 
 
 def cls_attention(model, x, mask_ratio=0.0, seed=0):
@@ -283,7 +225,7 @@ def measure(run, tsne_per_class, tsne_iters):
     """Every number the figures and report.md show of one run, computed once: a plain (json) dict with the
     run's name, kind, dataset, classes, config, epochs, log and results.json, and what is measured here: tsne
     (embeddings, cluster statistics), worked_example, noise (AE, DAE), masking (AE, MCAE, MAE)."""
-    analysis = {"name": run.name, "kind": run.kind, "feature": train.feature_name(run.kind, run.config),
+    analysis = {"name": run.name, "kind": run.kind, "feature": feature_name(run.kind, run.config),
                 "dataset": run.args["dataset"], "classes": run.data.classes,
                 "config": run.config, "epochs": run.log[-1]["epoch"] if run.log else run.args["epochs"],
                 "log": run.log, "results": run.results, "tsne": measure_tsne(run, tsne_per_class, tsne_iters),
@@ -291,8 +233,9 @@ def measure(run, tsne_per_class, tsne_iters):
     if run.kind in ("ae", "dae"):
         x = test_images(run)
         recon, noisy = psnr_against_noise(run.model, x, NOISE_VARIANCES)
+        n_train = min(5000, run.args["train_size"] or 5000)  # clean training images, no more than the run saw
         analysis["noise"] = {"n_images": len(x), "psnr": recon, "input_psnr": noisy,
-                             "probe": probe_under_noise(run, NOISE_VARIANCES)}
+                             "probe": probe_under_noise(run, NOISE_VARIANCES, n_train)}
     if run.kind in ("ae", "mcae", "mae"):
         analysis["masking"] = measure_masking(run)
     return plain(analysis)
@@ -333,7 +276,7 @@ def saliency(run, analysis, path):
     if run.kind == "mae":
         return None
     x = test_images(run, class_indices(run.data.test_y, N_IMAGES))
-    energy = jacobian_energy(run.model, x).detach()
+    energy = metrics.jacobian_energy(run.model.encode, x).detach()
     low, high = energy.amin(dim=(1, 2), keepdim=True), energy.amax(dim=(1, 2), keepdim=True)
     normalised = (energy - low) / (high - low).clamp(min=1e-12)  # each map to [0, 1]
     return figures.grid_figure([list(x), list(figures.heat_images(normalised))], path, ["input", "saliency"],
@@ -501,19 +444,18 @@ COMPARISON_FIGURES = {
 
 
 def parse_args(argv=None):
-    p = train.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="directories written by train.py")
     p.add_argument("--out", help="where report.md and the figures comparing runs go (default: the parent of "
                    "the first RUN_DIR)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="(default: cuda if available, else cpu)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="(default: %(default)s)")
     p.add_argument("--data-dir", help="where torchvision finds the datasets (default: each run's own --data-dir)")
-    p.add_argument("--threads", type=train.positive_int, default=1, help="CPU threads for torch; the tensors "
+    p.add_argument("--threads", type=positive_int, default=1, help="CPU threads for torch; the tensors "
                    "here are small, so more threads mostly wait on each other (default: 1)")
-    p.add_argument("--tsne-per-class", type=train.positive_int, default=200,
-                   help="test images per class in the t-SNE figures and cluster tables (default: 200)")
-    p.add_argument("--tsne-iters", type=train.positive_int, default=1000,
-                   help="t-SNE iterations, the first 250 with early exaggeration (default: 1000)")
+    p.add_argument("--tsne-per-class", type=positive_int, default=200, help="test images per class in the t-SNE "
+                   "figures and cluster tables (default: 200)")
+    p.add_argument("--tsne-iters", type=positive_int, default=1000, help="t-SNE iterations, the first 250 with "
+                   "early exaggeration (default: 1000)")
     args = p.parse_args(argv)
     args.out = args.out or os.path.dirname(os.path.abspath(args.run_dirs[0]))
     return args
@@ -538,7 +480,7 @@ def main(argv=None):
         print(f"loaded {len(runs)} run(s) in {time.time() - t0:.1f}s: {', '.join(run.name for run in runs)}")
         analyses, drawn = [], {}
         for run in runs:
-            print(f"{run.name}: {train.dead_run_warning(run.results) or 'measuring'}")
+            print(f"{run.name}: {dead_run_warning(run.results) or 'measuring'}")
             analyses.append(measure(run, args.tsne_per_class, args.tsne_iters))
             with open(os.path.join(run.path, "analysis.json"), "w") as f:
                 json.dump(analyses[-1], f, indent=1)
@@ -552,9 +494,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (AnalyzeError, RunError, OSError) as e:  # OSError: an unwritable --out, an unreadable file
-        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        print(f"error: {where}{getattr(e, 'strerror', None) or e}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main)

@@ -13,11 +13,11 @@ import platform
 import time
 
 import torch
-
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
-import mae as mae_module
 import metrics
+import runs
 import train
 from data import Data, RunError, batches, load_data, to_float
 
@@ -44,7 +44,7 @@ def fake_run(model_name, dataset, n, device, **config):
     channels, size, jitter = SHAPES[dataset]
     images = torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 10, (n,), device=device)
-    model_cls, config_cls, _ = train.MODELS[model_name]
+    model_cls, config_cls = runs.MODELS[model_name]
     model = model_cls(config_cls(in_channels=channels, image_size=size, **config)).to(device).train()
     return Data(images, labels, images[:1000], labels[:1000], jitter, [str(i) for i in range(10)]), model
 
@@ -85,13 +85,30 @@ def bench_finetuning(batch_size, steps, device, **config):
     return len(data.train_x) / seconds
 
 
-def written_out_attention(self, x, return_attention=False):
-    """Attention.forward taking the written-out path every time (its weights thrown away)."""
-    y, attn = FUSED_ATTENTION(self, x, return_attention=True)
-    return (y, attn) if return_attention else y
+def matmul_peak(device, n=1024, repeat=20):
+    """FLOP/s of a float32 n x n matmul: what this device's cores reach at best, the ceiling of a step."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    return 2 * n ** 3 / timed(lambda: a @ b, device, repeat)
 
 
-FUSED_ATTENTION = mae_module.Attention.forward
+def step_flops(model, x):
+    """FLOPs of one training step's forward and backward on the batch x, counted by torch's flop counter
+    (matmuls and convolutions; the elementwise work, a few percent, is left out)."""
+    with FlopCounterMode(display=False) as counter:
+        model(x)[0].backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def bench_share_of_peak(batch_size, steps, device):
+    """The MAE at its defaults, a step as train.py takes it: images/s, FLOPs a step, and the share of the
+    matmul peak it reaches (1 = every cycle a useful multiply-add)."""
+    row = bench_pretraining("mae", "mnist", batch_size, steps, device)
+    _, model = fake_run("mae", "mnist", 1, device)
+    flops = step_flops(model, torch.rand(batch_size, 1, 28, 28, device=device)) / batch_size
+    peak = matmul_peak(device)
+    return {**row, "mflop_per_image": flops / 1e6, "gflop_per_s": row["images_per_s"] * flops / 1e9,
+            "peak_gflop_per_s": peak / 1e9, "share_of_peak": row["images_per_s"] * flops / peak}
 
 
 def profile(fn, device, top=8):
@@ -157,7 +174,7 @@ def bench_ssim(n, device, batch_size=64):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller sizes and fewer steps")
-    p.add_argument("--device", default=train.default_device(), help="(default: cuda, else mps, else cpu)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="(default: cuda, else cpu)")
     p.add_argument("--out", default="bench.json", help="(default: bench.json)")
     args = p.parse_args()
     device, steps = args.device, (3 if args.quick else 10)
@@ -168,7 +185,7 @@ def main():
 
     print(f"\n{'model':<6} {'dataset':<15} {'batch':>5} {'img/s':>8} {'ms/step':>8} {'data share':>10}")
     for dataset in SHAPES:
-        for model_name in train.MODELS:
+        for model_name in runs.MODELS:
             if model_name == "mae" and args.quick and dataset != "mnist":
                 continue  # the 65-token, 192-wide CIFAR-10 MAE takes seconds a step on a CPU
             config = (MAE_STUDY_MNIST if dataset == "mnist" else MAE_STUDY_CIFAR) if model_name == "mae" else {}
@@ -177,18 +194,24 @@ def main():
             print(f"{model_name:<6} {dataset:<15} {256:>5} {row['images_per_s']:>8.0f} {row['ms_per_step']:>8.1f} "
                   f"{100 * row['data_share']:>9.1f}%")
 
-    fused = bench_pretraining("mae", "mnist", 256, steps, device, **MAE_STUDY_MNIST)
-    mae_module.Attention.forward = written_out_attention
-    written = bench_pretraining("mae", "mnist", 256, steps, device, **MAE_STUDY_MNIST)
-    mae_module.Attention.forward = FUSED_ATTENTION
+    m = report["mae_defaults"] = bench_share_of_peak(64, 3 * steps, device)
+    print(f"\nMAE at its defaults, batch 64: {m['images_per_s']:.0f} img/s x {m['mflop_per_image']:.0f} MFLOP an "
+          f"image = {m['gflop_per_s']:.1f} GFLOP/s, against a {m['peak_gflop_per_s']:.1f} GFLOP/s matmul peak: "
+          f"{m['share_of_peak']:.2f} of the peak")
+    if device == "cpu":  # how far the cores add up: the same steps on one thread, then on all of them
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        one = bench_pretraining("mae", "mnist", 64, 3 * steps, device)["images_per_s"]
+        torch.set_num_threads(threads)
+        m["scaling"] = {"threads": threads, "one_thread_images_per_s": one, "speedup": m["images_per_s"] / one}
+        print(f"on {threads} threads {m['images_per_s']:.0f} img/s, on one {one:.0f}: {m['images_per_s'] / one:.2f}x")
+    m["profile"] = profile(lambda: bench_pretraining("mae", "mnist", 64, steps, device), device)
+    print("where its step's time goes: " + ", ".join(f"{op} {100 * s:.0f}%" for op, s in m["profile"].items()))
     m = report["mae_study_mnist"] = {
-        "images_per_s": fused["images_per_s"], "written_out_images_per_s": written["images_per_s"],
-        "finetune_images_per_s": bench_finetuning(256, steps, device, **MAE_STUDY_MNIST),
-        "profile": profile(lambda: bench_pretraining("mae", "mnist", 256, 2, device, **MAE_STUDY_MNIST), device)}
-    print(f"\nMAE at the DAE-vs-MAE study's MNIST shape, batch 256: pretraining {m['images_per_s']:.0f} img/s "
-          f"fused attention, {m['written_out_images_per_s']:.0f} written out; fine-tuning "
-          f"{m['finetune_images_per_s']:.0f} img/s")
-    print("where a pretraining step's time goes: " + ", ".join(f"{op} {100 * s:.0f}%" for op, s in m["profile"].items()))
+        "images_per_s": bench_pretraining("mae", "mnist", 256, steps, device, **MAE_STUDY_MNIST)["images_per_s"],
+        "finetune_images_per_s": bench_finetuning(256, steps, device, **MAE_STUDY_MNIST)}
+    print(f"MAE at the DAE-vs-MAE study's MNIST shape, batch 256: pretraining {m['images_per_s']:.0f} img/s, "
+          f"fine-tuning {m['finetune_images_per_s']:.0f} img/s")
 
     # the MAE at its defaults (patch 4: 49 patches), fine-tuned at the default batch: --finetune-mask-ratio
     # drops patches of every training image, and the step's cost falls with the tokens left

@@ -56,7 +56,7 @@ class MAEConfig:
     mask_ratio: float = 0.5         # fraction of patches hidden from the encoder during pretraining (paper: 0.75)
     norm_pix_loss: bool = False     # target: each patch minus its mean, over its std (paper: better features)
     pool: str = "cls"               # encode(): 'cls' (the CLS token) or 'mean' (mean of the patch tokens)
-    drop_path: float = 0.1          # fine-tuning: stochastic depth in encode() while training (see Block)
+    drop_path: float = 0.1          # fine-tuning: stochastic depth in encode() while training (see drop_branch)
     finetune_mask_ratio: float = 0.0  # fine-tuning: fraction of patches encode() drops while training (0 = none)
 
 # -----------------------------------------------------------------------------
@@ -67,7 +67,7 @@ def patchify(imgs, p):
     """(B, C, H, W) -> (B, L, p*p*C), L = (H/p) * (W/p) patches in row-major order.
 
     Each patch is flattened as (p, p, C): row within the patch, column, then channel, as in the
-    reference code, so patch 0 is imgs[:, :, :p, :p] and patch 1 is imgs[:, :, :p, p:2p].
+    reference code, so patch 0 is imgs[:, :, :p, :p] and patch 1 is imgs[:, :, :p, p:2p]. Copies alone.
     """
     B, C, H, W = imgs.shape
     if H % p != 0 or W % p != 0:
@@ -131,7 +131,7 @@ def random_masking(x, mask_ratio):
     the first len_keep patches of it are kept. ids_restore = argsort(ids_shuffle) is the inverse
     permutation: gathering a shuffled sequence with it puts every patch back in place.
 
-    x: (B, L, D) -> x_visible (B, len_keep, D), mask (B, L) with 1 = hidden, ids_restore (B, L).
+    x: (B, L, D) -> x_visible (B, len_keep, D), mask (B, L) with 1 = hidden, ids_restore (B, L). Copies alone.
     """
     B, L, D = x.shape
     len_keep = int(L * (1 - mask_ratio))
@@ -152,7 +152,8 @@ def random_masking(x, mask_ratio):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention: softmax(q k^T / sqrt(head_dim)) v, per head, then a projection."""
+    """Multi-head self-attention: softmax(q k^T / sqrt(head_dim)) v, per head, then a projection.
+    Copies alone."""
 
     def __init__(self, dim, num_heads):
         super().__init__()
@@ -174,7 +175,8 @@ class Attention(nn.Module):
             attn = attn.softmax(dim=-1)                # each row: how much a token takes from every token
             y = attn @ v                               # (B, heads, T, hd)
         else:
-            # the same computation, fused (flash / memory-efficient kernels where available)
+            # the same computation in one fused kernel: as fast as the lines above at 25 tokens, 1.5x
+            # faster at the 197 of 2x2 patches on MNIST (RESULTS.md), which it never holds as a T x T matrix
             y = F.scaled_dot_product_attention(q, k, v)  # (B, heads, T, hd)
         y = y.transpose(1, 2).reshape(B, T, D)         # (B, T, D): heads side by side again
         y = self.proj(y)
@@ -182,12 +184,7 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm Transformer block: x + Attention(LN(x)), then x + MLP(LN(x)).
-
-    drop_path (stochastic depth, Huang et al. 2016): in training, each image skips each branch with
-    probability drop_path, and the branches it keeps are scaled by 1 / (1 - drop_path). The MAE paper
-    fine-tunes with it (0.1) and pretrains without it; here only encode() asks for it.
-    """
+    """Pre-norm Transformer block: x + Attention(LN(x)), then x + MLP(LN(x))."""
 
     def __init__(self, dim, num_heads, mlp_ratio=4.0):
         super().__init__()
@@ -197,20 +194,19 @@ class Block(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
-    def forward(self, x, return_attention=False, drop_path=0.0):
-        if return_attention:
-            y, attn = self.attn(self.norm1(x), return_attention=True)
-        else:
-            y = self.attn(self.norm1(x))
-        x = x + self.drop(y, drop_path)
-        x = x + self.drop(self.mlp(self.norm2(x)), drop_path)
-        return (x, attn) if return_attention else x
+    def forward(self, x, drop_path=0.0):
+        x = x + drop_branch(self.attn(self.norm1(x)), drop_path, self.training)
+        x = x + drop_branch(self.mlp(self.norm2(x)), drop_path, self.training)
+        return x
 
-    def drop(self, branch, drop_path):
-        if not self.training or drop_path == 0:
-            return branch
-        keep = (torch.rand(branch.shape[0], 1, 1, device=branch.device) >= drop_path).to(branch.dtype)
-        return branch * keep / (1 - drop_path)        # (B, T, D), whole images' branches zeroed
+
+def drop_branch(branch, drop_path, training):
+    """Stochastic depth (Huang et al. 2016), for fine-tuning: in training, each image skips the residual
+    branch with probability drop_path, and the branches kept are scaled by 1 / (1 - drop_path)."""
+    if not training or drop_path == 0:
+        return branch
+    keep = (torch.rand(branch.shape[0], 1, 1, device=branch.device) >= drop_path).to(branch.dtype)
+    return branch * keep / (1 - drop_path)            # (B, T, D), whole images' branches zeroed
 
 
 # -----------------------------------------------------------------------------
@@ -218,6 +214,8 @@ class Block(nn.Module):
 
 
 class MAE(nn.Module):
+    """The masked autoencoder: a ViT encoder on the visible patches, a light decoder on all of them.
+    Copy with: all of mae.py."""
 
     def __init__(self, config):
         super().__init__()
@@ -354,34 +352,35 @@ class MAE(nn.Module):
     # -- the model contract --
 
     def forward(self, x, mask_ratio=None):
-        """Pretraining step on x (B, C, H, W) in [0, 1]. Returns (loss, out) with images for viewing:
+        """Pretraining step on x (B, C, H, W) in [0, 1]: embed, mask, encode, decode, loss. -> (loss, out).
 
+        In training mode out is empty (the loop logs the loss alone); in eval mode it holds images:
         recon:      the prediction in the hidden patches, the input's own pixels pasted back in the visible ones
         prediction: what the decoder predicts for every patch, the visible ones too (no loss on those)
         input:      what the encoder saw, hidden patches set to 0
         mask:       (B, 1, H, W), 1 = hidden
-
         mask_ratio, if given, replaces config.mask_ratio for this call (e.g. to show other ratios).
-        With norm_pix_loss the decoder predicts normalised patches; to draw them, each is scaled back
-        with its target patch's mean and std, so those pictures borrow two true numbers per patch.
         """
         mask_ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
-        p, C = self.config.patch_size, self.config.in_channels
         latent, mask, ids_restore = self.forward_encoder(x, mask_ratio)
         pred = self.forward_decoder(latent, ids_restore)  # (B, L, p*p*C)
         loss = self.forward_loss(x, pred, mask)
+        return loss, ({} if self.training else self.pictures(x, pred, mask))
 
-        # pictures only from here on: no gradient
-        with torch.no_grad():
-            pixels = pred.detach().float()             # float32 pictures, whatever precision ran
-            if self.config.norm_pix_loss:
-                mean, std = self.patch_stats(x)
-                pixels = pixels * std + mean
-            pred_img = unpatchify(pixels, p, C).clamp(0, 1)  # (B, C, H, W)
-            mask_px = unpatchify(mask.unsqueeze(-1).expand(-1, -1, p * p * C), p, C)[:, :1]  # (B, 1, H, W)
-            recon = x * (1 - mask_px) + pred_img * mask_px
-            inp = x * (1 - mask_px)
-        return loss, {"recon": recon, "prediction": pred_img, "input": inp, "mask": mask_px}
+    @torch.no_grad()
+    def pictures(self, x, pred, mask):
+        """The decoder's patches (B, L, p*p*C) and the mask (B, L) as images (the dict of forward). With
+        norm_pix_loss the decoder predicts normalised patches; to draw them, each is scaled back with its
+        target patch's mean and std, so those pictures borrow two true numbers per patch."""
+        p, C = self.config.patch_size, self.config.in_channels
+        pixels = pred.float()                          # float32 pictures, whatever precision ran
+        if self.config.norm_pix_loss:
+            mean, std = self.patch_stats(x)
+            pixels = pixels * std + mean
+        pred_img = unpatchify(pixels, p, C).clamp(0, 1)  # (B, C, H, W)
+        mask_px = unpatchify(mask.unsqueeze(-1).expand(-1, -1, p * p * C), p, C)[:, :1]  # (B, 1, H, W)
+        recon = x * (1 - mask_px) + pred_img * mask_px
+        return {"recon": recon, "prediction": pred_img, "input": x * (1 - mask_px), "mask": mask_px}
 
     def encode_tokens(self, x):
         """All patches, nothing masked, through the encoder: (B, C, H, W) -> (B, 1 + L, D), CLS first.
@@ -404,9 +403,12 @@ class MAE(nn.Module):
         return self.norm(h)
 
     def encode(self, x):
-        """Features of the clean image, nothing masked: (B, C, H, W) -> (B, embed_dim).
-        pool='cls': the CLS token after the final norm; pool='mean': the mean of the patch tokens."""
-        h = self.encode_tokens(x)                      # (B, 1 + L, D)
+        """Features of the clean image, nothing masked: (B, C, H, W) -> (B, embed_dim)."""
+        return self.pool(self.encode_tokens(x))
+
+    def pool(self, h):
+        """(B, 1 + L, D) encoder output -> (B, D): pool='cls', the CLS token after the final norm;
+        pool='mean', the mean of the patch tokens."""
         return h[:, 0] if self.config.pool == "cls" else h[:, 1:].mean(dim=1)
 
     @torch.no_grad()
@@ -422,7 +424,8 @@ class MAE(nn.Module):
         h = self.with_cls(tokens)                      # (B, 1 + len_keep, D)
         for block in self.blocks[:-1]:
             h = block(h)
-        _, attn = self.blocks[-1](h, return_attention=True)  # (B, heads, 1 + len_keep, 1 + len_keep)
+        last = self.blocks[-1]
+        _, attn = last.attn(last.norm1(h), return_attention=True)  # (B, heads, 1 + len_keep, 1 + len_keep)
         seen = attn[:, :, 0, 1:].float()               # (B, heads, len_keep): CLS's row, patch columns
         seen = seen / seen.sum(dim=-1, keepdim=True)
         B, heads, len_keep = seen.shape

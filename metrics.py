@@ -30,7 +30,7 @@ def l1(recon, target):
 def psnr(recon, target, data_range=1.0, eps=1e-10):
     """Peak signal-to-noise ratio in dB per image: 10 log10(range^2 / MSE) -> (B,).
 
-    eps keeps a perfect reconstruction finite (100 dB) instead of inf.
+    eps keeps a perfect reconstruction finite (100 dB) instead of inf. Copy with: mse.
     """
     return 10 * torch.log10(data_range ** 2 / (mse(recon, target) + eps))
 
@@ -103,6 +103,7 @@ def ssim(recon, target, data_range=1.0):
     The same number as skimage.metrics.structural_similarity(recon, target, gaussian_weights=True,
     sigma=1.5, use_sample_covariance=False, data_range=data_range, channel_axis=0). Call it on batches of
     a few dozen images: the maps then stay in the CPU's cache.
+    Copy with: ssim_maps, gaussian_window, valid_filter_matrix.
     """
     luminance, contrast_structure = ssim_maps(recon, target, data_range)
     return (luminance * contrast_structure).mean((1, 2, 3)).to(target.dtype if target.is_floating_point() else torch.float32)
@@ -120,7 +121,7 @@ def linear_probe(train_features, train_labels, test_features, test_labels, weigh
     minimise the mean cross-entropy + weight_decay / 2 |W|^2 over the whole training set with L-BFGS
     until the loss stops falling: scikit-learn's LogisticRegression(C = 1 / (weight_decay N)), whose
     default C = 1 is the default weight_decay = 1 / N.
-    Features (N, D), labels (N,) ints -> fraction correct in [0, 1].
+    Features (N, D), labels (N,) ints -> fraction correct in [0, 1]. Copies alone.
     """
     weight_decay = 1 / len(train_features) if weight_decay is None else weight_decay
     train_features, test_features = train_features.float(), test_features.float()
@@ -152,7 +153,8 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, k=20,
 
     Each test point takes the k training points of highest cosine similarity s; each votes for its class
     with weight exp(s / temperature), so that close neighbours count more (DINO's weighted k-NN); with
-    temperature=None each vote weighs its similarity s. Features (N, D), labels (N,) -> fraction correct in [0, 1].
+    temperature=None each vote weighs its similarity s. Features (N, D), labels (N,) -> fraction correct in
+    [0, 1]. Copies alone.
     """
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     k = min(k, len(train_features))
@@ -167,6 +169,22 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, k=20,
         votes.scatter_add_(1, train_labels[top_index], weight)              # (b, classes)
         correct += (votes.argmax(1) == test_labels[i:i + batch_size]).sum().item()
     return correct / len(test_features)
+
+
+# -----------------------------------------------------------------------------
+# saliency: which pixels a representation depends on
+
+
+def jacobian_energy(encode, x):
+    """For each input pixel, how strongly it moves the latent code z = encode(x), (B, C, H, W) -> (B, D):
+    sum over latent units d and channels c of (dz_d / dx_{c,h,w})^2, the pixel's share of the squared
+    Frobenius norm of the Jacobian dz/dx. -> (B, H, W). Each image's Jacobian whole by reverse mode
+    (torch.func.jacrev): one backward pass per latent unit, batched, so the memory is D copies of one image.
+    Copies alone."""
+    def encode_one(image):  # (C, H, W) -> (D,)
+        return encode(image.unsqueeze(0)).squeeze(0)
+
+    return torch.stack([torch.func.jacrev(encode_one)(image).pow(2).sum(dim=(0, 1)) for image in x])  # (B, H, W)
 
 
 # -----------------------------------------------------------------------------
@@ -242,6 +260,7 @@ def tsne(x, dim=2, perplexity=30.0, n_iter=1000, seed=0):
     """t-SNE embedding of features (N, D) -> numpy (N, dim), dense and exact (van der Maaten & Hinton 2008).
 
     Time and memory grow as N^2: a few thousand points at most (`tsne_fast` for more).
+    Copy with: perplexity_search, tsne_gradient, tsne_descent.
     """
     x = torch.as_tensor(x).double().flatten(1)                              # (N, D)
     N = len(x)

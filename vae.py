@@ -54,7 +54,7 @@ def vae_loss(recon, x, mu, logvar, beta=1.0, recon_loss="bce"):
     Both terms are summed over pixels (and over latent dimensions for the KL) and averaged over the
     batch, so they are per-image log-likelihoods and weigh against each other as the ELBO says; a
     per-pixel mean would shrink the reconstruction term by C*H*W and let the KL term win, which
-    collapses q(z|x) onto the prior.
+    collapses q(z|x) onto the prior. Copy with: gaussian_kl.
     """
     B = x.shape[0]
     recon, x = recon.float(), x.float()  # logs of bf16 values near 0 or 1 are too coarse for a loss

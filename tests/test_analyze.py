@@ -163,7 +163,7 @@ def test_saliency_is_the_squared_jacobian_summed_over_latents_and_channels():
     torch.manual_seed(0)
     model = AE(AEConfig(in_channels=3, image_size=16, channels=(4, 8), latent_channels=2)).double().eval()
     x = torch.rand(2, 3, 16, 16, dtype=torch.float64)
-    energy = analyze.jacobian_energy(model, x)  # (2, 16, 16)
+    energy = analyze.metrics.jacobian_energy(model.encode, x)  # (2, 16, 16)
     assert energy.shape == (2, 16, 16)
     for i in range(2):
         # the explicit Jacobian, one image at a time: (D, C, H, W)

@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+import runs
 import train
 from data import Data, RunError
 from ae import AE
@@ -134,8 +135,8 @@ def stop_at_call(monkeypatch, owner, name, n, damage_file=False):
     def wrapper(*args, **kwargs):
         calls.append(1)
         if len(calls) == n:
-            if damage_file:  # torch.save stopped half way: a partial file at the path it was writing
-                with open(args[1], "wb") as f:
+            if damage_file:  # the write stopped half way: a partial file at the path it was writing
+                with open(args[1] + ".tmp", "wb") as f:
                     f.write(b"PK\x03\x04 half a checkpoint")
             raise Stop
         return real(*args, **kwargs)
@@ -153,7 +154,8 @@ def test_resume_after_a_stop_ends_like_the_uninterrupted_run(data_dir, tmp_path,
     elif where == "during evaluation":  # after the 2nd epoch's training, before its checkpoint
         stop_at_call(monkeypatch, train, "evaluate", 2)
     else:  # the 2nd epoch's checkpoint
-        stop_at_call(monkeypatch, torch, "save", 2, damage_file=True)
+        # the 3rd write: the log trimmed at the start, epoch 1's checkpoint, then epoch 2's
+        stop_at_call(monkeypatch, runs, "write_atomic", 3, damage_file=True)
     with pytest.raises(Stop):
         run(data_dir, tmp_path / "stopped", *flags)
     monkeypatch.undo()

@@ -1,4 +1,4 @@
-"""bench.py's bookkeeping (never its timings): the profile adds up, the attention paths agree."""
+"""bench.py's bookkeeping (never its timings): the profile adds up, a step's FLOPs are counted right."""
 import pytest
 import torch
 
@@ -16,7 +16,16 @@ def test_profile_of_a_tiny_mae_step():
     assert len(bench.profile(lambda: torch.randn(64, 64) @ torch.randn(64, 64), "cpu", top=2)) == 2
 
 
-def test_written_out_attention_computes_what_the_fused_one_does():
-    attention = bench.mae_module.Attention(16, 2)
-    x = torch.randn(3, 5, 16)
-    assert torch.allclose(bench.written_out_attention(attention, x), bench.FUSED_ATTENTION(attention, x), atol=1e-5)
+def test_step_flops_count_a_linear_layer_three_times_over():
+    """Forward x W^T: 2 N I O FLOPs; backward, the gradients of W and of x: twice that again."""
+    class Linear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(30, 20, bias=False)
+
+        def forward(self, x):
+            return self.layer(x).square().mean(), {}
+
+    x = torch.randn(8, 30, requires_grad=True)
+    assert bench.step_flops(Linear(), x) == 3 * 2 * 8 * 30 * 20
+    assert bench.matmul_peak("cpu", n=64, repeat=2) > 1e6

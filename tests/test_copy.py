@@ -69,7 +69,7 @@ PIECES = {
         """, "(2, 4, 48) (2, 1, 48) 6"),
     "the MAE": ("mae.py", ["MAE", "MAEConfig"], """
         torch.manual_seed(0)
-        model = MAE(MAEConfig(embed_dim=32, depth=1, decoder_depth=1))
+        model = MAE(MAEConfig(embed_dim=32, depth=1, decoder_depth=1)).eval()  # eval: pictures too
         loss, out = model(torch.rand(4, 1, 28, 28))
         loss.backward()
         print(tuple(model.encode(torch.rand(2, 1, 28, 28)).shape), tuple(out["recon"].shape))
@@ -117,3 +117,27 @@ def test_the_textbook_tsne_is_a_page():
     piece = copy_piece("metrics.py", ["tsne"])
     assert "def tsne_fast" not in piece and "def chunk_rows" not in piece
     assert len(piece.splitlines()) <= 110
+
+
+# each piece a student copies, by file: its docstring says which definitions of its own file come with it
+COPIED = {"mae.py": ["patchify", "random_masking", "Attention", "MAE"], "vae.py": ["vae_loss"],
+          "metrics.py": ["psnr", "ssim", "linear_probe", "knn_accuracy", "tsne", "jacobian_energy"]}
+
+
+@pytest.mark.parametrize("filename,name", [(f, n) for f, names in COPIED.items() for n in names])
+def test_a_piece_names_what_comes_with_it(filename, name):
+    """'Copies alone', or 'Copy with: a, b' naming every definition of the file that copy_piece takes along,
+    or 'Copy with: all of FILE' when that is every definition in the file."""
+    tree = ast.parse(copy_piece(filename, [name]))
+    taken = {node.name if hasattr(node, "name") else node.targets[0].id for node in tree.body
+             if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Assign))} - {name}
+    everything = {node.name for node in ast.parse(open(os.path.join(ROOT, filename)).read()).body
+                  if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    docstring = " ".join(ast.get_docstring(next(n for n in tree.body if getattr(n, "name", None) == name)).split())
+    if not taken:
+        assert "Copies alone." in docstring, docstring
+    elif taken | {name} >= {n for n in everything if not n.endswith("Config")}:  # the config: the student's own
+        assert f"Copy with: all of {filename}." in docstring, docstring
+    else:
+        said = docstring.split("Copy with: ")[1].split(".")[0]
+        assert set(said.split(", ")) == taken, (said, taken)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import fashion_mnist_images, needs_fashion_mnist
-from mae import (MAE, Attention, Block, MAEConfig, patchify, random_masking,
+from mae import (MAE, drop_branch, Attention, Block, MAEConfig, patchify, random_masking,
                  sincos_pos_embed_2d, unpatchify)
 
 
@@ -93,6 +93,7 @@ def test_random_masking_len_keep(L, ratio):
 
 
 def test_attention_paths_agree():
+    """The written-out path (the weights to look at) computes what the fused kernel does."""
     torch.manual_seed(0)
     attn = Attention(48, 6)
     x = torch.randn(3, 17, 48)
@@ -103,13 +104,23 @@ def test_attention_paths_agree():
     assert torch.allclose(fast, slow, atol=1e-5)
 
 
-def test_block_paths_agree():
+def test_a_block_is_two_residual_branches_and_drop_path_acts_only_in_training():
     torch.manual_seed(0)
     block = Block(32, 4, mlp_ratio=2.0)
     x = torch.randn(2, 10, 32)
-    y, weights = block(x, return_attention=True)
-    assert weights.shape == (2, 4, 10, 10)
-    assert torch.allclose(block(x), y, atol=1e-5)
+    h = x + block.attn(block.norm1(x))
+    assert torch.allclose(block(x), h + block.mlp(block.norm2(h)), atol=1e-6)
+    assert torch.equal(block.eval()(x, drop_path=0.9), block(x))  # eval: no stochastic depth
+    kept = drop_branch(torch.ones(4000, 1, 1), 0.25, training=True)  # each image's branch: 0 or 1 / 0.75
+    assert torch.allclose(kept.unique(), torch.tensor([0.0, 1 / 0.75]))
+    assert (kept == 0).float().mean().item() == pytest.approx(0.25, abs=0.03)  # skipped with probability 0.25
+
+
+def test_a_training_step_returns_the_loss_alone_and_evaluation_the_pictures():
+    model = MAE(tiny_config())
+    x = torch.rand(2, 1, 28, 28)
+    assert model.train()(x)[1] == {}
+    assert {"recon", "prediction", "input", "mask"} <= set(model.eval()(x)[1])
 
 
 @pytest.mark.parametrize("C,S", [(1, 28), (3, 32)])
@@ -163,7 +174,7 @@ def test_positions_are_fixed_buffers():
 @pytest.mark.parametrize("norm_pix_loss", [False, True])
 def test_loss_ignores_visible_patches(norm_pix_loss):
     torch.manual_seed(0)
-    model = MAE(tiny_config(norm_pix_loss=norm_pix_loss))
+    model = MAE(tiny_config(norm_pix_loss=norm_pix_loss)).eval()  # eval: forward returns the pictures
     # the prediction layer starts at zero; predicting 0 for a normalised patch scores the same
     # whatever the patch holds, so give it weights that predict something
     torch.nn.init.normal_(model.decoder_pred.weight, std=0.1)
@@ -247,7 +258,7 @@ def test_decoder_conv_must_be_odd():
 @pytest.mark.parametrize("C,S,norm_pix_loss", [(1, 28, False), (3, 32, False), (3, 32, True)])
 def test_forward_contract(C, S, norm_pix_loss):
     torch.manual_seed(0)
-    model = MAE(tiny_config(in_channels=C, image_size=S, norm_pix_loss=norm_pix_loss))
+    model = MAE(tiny_config(in_channels=C, image_size=S, norm_pix_loss=norm_pix_loss)).eval()
     x = torch.rand(3, C, S, S)
     loss, out = model(x)
     assert loss.ndim == 0 and torch.isfinite(loss)
@@ -271,7 +282,7 @@ def test_forward_contract(C, S, norm_pix_loss):
 
 def test_norm_pix_pictures_are_unnormalised():
     torch.manual_seed(0)
-    model = MAE(tiny_config(norm_pix_loss=True))
+    model = MAE(tiny_config(norm_pix_loss=True)).eval()
     # a decoder that predicts 0 everywhere means "the patch mean": the picture must show that mean
     torch.nn.init.zeros_(model.decoder_pred.weight)
     torch.nn.init.zeros_(model.decoder_pred.bias)

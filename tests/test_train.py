@@ -86,7 +86,7 @@ def test_untrained_decoder_starts_at_the_mean_image(model_name, arch):
     sigmoid(0) = 0.5, so the first steps need not drag every pixel down at once."""
     torch.manual_seed(0)
     mean_image = 0.3 * torch.rand(1, 28, 28)  # a dark dataset, as MNIST (mean 0.13)
-    model_cls, config_cls, _ = train.MODELS[model_name]
+    model_cls, config_cls = train.MODELS[model_name]
     model = model_cls(config_cls(arch=arch))
     x = torch.rand(64, 1, 28, 28)
     gap_before = abs(model(x)[1]["recon"].mean().item() - mean_image.mean().item())  # ~0.35: sigmoid(~0)
@@ -176,7 +176,7 @@ def test_resume_gives_the_same_weights(data_dir, tmp_path, monkeypatch):
     run(data_dir, tmp_path / "straight", *flags)
 
     saves = []
-    real_save = train.save_atomic
+    real_save = train.save_atomic  # train.py's own name for runs.save_atomic
 
     def crash_after_first_epoch(obj, path):
         real_save(obj, path)
@@ -232,7 +232,8 @@ def test_help_shows_defaults():
                  "--device", "--train-size", "--eval", "--finetune-epochs", "--resume", "--arch", "--latent-dim",
                  "--noise-std", "--mask-ratio", "--patch-size"):
         assert flag in text
-    assert "(default: 20)" in text and "(default: 64)" in text
+    text = " ".join(text.split())  # argparse wraps the help at the terminal's width
+    assert "(default: 20, fewer where" in text and "(default: 64)" in text
 
 
 def test_every_flag_says_what_it_does():
@@ -247,7 +248,7 @@ def test_every_flag_says_what_it_does():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train.argparse.ArgumentParser, "parse_args", capture)
         train.parse_args(["--model", "ae", "--dataset", "mnist"])
-    assert 20 < len(parser_flags) <= 40
+    assert 20 < len(parser_flags) <= 41
     for action in parser_flags:
         words = (action.help or "").split("(default")[0].strip()
         assert len(words) >= 8, f"{action.option_strings[0]} has no description: {action.help!r}"
@@ -310,3 +311,63 @@ def test_resume_keeps_the_settings_it_was_trained_with(data_dir, tmp_path, capsy
     config = torch.load(tmp_path / "m" / "finetune.pt", weights_only=True)["config"]
     assert config["norm_pix_loss"] and config["mask_ratio"] == 0.5 and config["embed_dim"] == 32
     assert results["psnr"] == pytest.approx(trained["psnr"])  # the same evaluation of the same model
+
+
+# -----------------------------------------------------------------------------
+# the learning rate, the fine-tuning hint, a full disk
+
+
+@pytest.mark.parametrize("epochs", [1, 3])
+def test_the_warm_up_is_a_tenth_of_the_run_and_the_lr_is_logged(data_dir, tmp_path, epochs):
+    """The ViT's lr rises over the first tenth of the steps, reaches --lr, then decays: a 1-epoch run too."""
+    steps = 100 * epochs
+    factors = [train.lr_factor(step, steps, train.VIT_RECIPE["warmup"]) for step in range(steps)]
+    assert factors[0] < 1 and max(factors) == 1.0 and factors.index(1.0) == steps // 10 - 1  # the last warm-up step
+    assert factors[-1] < factors[steps // 10]
+    run(data_dir, tmp_path / "out", "--model", "mae", "--dataset", "mnist", "--epochs", str(epochs), "--eval", "",
+        "--lr", "2e-3")
+    log = [json.loads(line) for line in open(tmp_path / "out" / "log.jsonl")]
+    assert [e["epoch"] for e in log] == list(range(1, epochs + 1))
+    assert all(0 < e["lr"] <= 2e-3 for e in log)
+
+
+def test_the_fine_tuning_hint_gives_each_flag_once(data_dir, tmp_path):
+    argv = ["--model", "mae", "--dataset", "mnist", "--epochs", "3", "--eval=linear", "--out-dir", "out/x",
+            "--overwrite", "--data-dir", "my data"]
+    pretrained, scratch = train.finetune_hint(argv, "out/x", 3).splitlines()[1:]
+    for command, epochs, out_dir in ((pretrained, "3", "out/x"), (scratch, "0", "out/x-scratch")):
+        words = command.split()
+        flags = [w for w in words if w.startswith("--")]
+        assert len(flags) == len(set(flags)), command
+        assert words[words.index("--epochs") + 1] == epochs and words[words.index("--out-dir") + 1] == out_dir
+        assert words[words.index("--eval") + 1] == "finetune" and "'my data'" in command
+        assert "--overwrite" not in words and ("--resume" in words) == (epochs != "0")
+
+
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(data_dir, tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    import runs
+    out = tmp_path / "out"
+    flags = ["--model", "dae", "--dataset", "mnist", "--epochs", "3", "--eval", ""]
+    real_open, writes = builtins.open, []
+
+    def full_after_one_checkpoint(path, mode="r", *args, **kwargs):
+        if str(path).endswith("ckpt.pt.tmp"):
+            writes.append(path)
+            if len(writes) == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(runs, "open", full_after_one_checkpoint, raising=False)
+    with pytest.raises(RunError) as error:
+        run(data_dir, out, *flags)
+    message = str(error.value)
+    assert "\n" not in message and f"could not write {out / 'ckpt.pt'}" in message
+    assert "MB): No space left on device; the previous one is kept" in message
+    assert torch.load(out / "ckpt.pt", weights_only=True)["epoch"] == 1 and not (out / "ckpt.pt.tmp").exists()
+    monkeypatch.undo()
+    run(data_dir, out, *flags, "--resume")
+    log = [json.loads(line) for line in open(out / "log.jsonl")]
+    assert [e["epoch"] for e in log] == [1, 2, 3]
