@@ -5,12 +5,13 @@ A run's directory, kept out of train.py's way: nothing here is about learning.
         save_atomic(state, "out/mae-mnist/ckpt.pt")
     model, flags, ckpt = load_run("out/mae-mnist")  # what analyze.py reads
 
-- the table of models, from a name to its class and config, so a checkpoint can be rebuilt;
+- the table of models, from a name to its class and config, and a config from flags or a checkpoint;
 - the command line both scripts share: a parser whose errors are one line, ranged number types;
 - the lock that makes one run the only writer of its --out-dir;
 - saves that never leave a broken file (a full disk is one line, and the previous file stays);
-- reading and checking a checkpoint, resuming from it, the log beside it, loading a finished run;
-- the warning that a run has learned nothing, which train.py prints and analyze.py repeats.
+- reading and checking a checkpoint, resuming from it, the log beside it, loading finished runs;
+- torchrun's processes, and one-line errors for what a user can fix;
+- what a run says: its progress lines, the probe table and the warning that a run learned nothing.
 """
 import argparse
 import contextlib

@@ -368,18 +368,18 @@ def main(argv=None):
             trim_log(log_path, start_epoch)  # the log in step with the checkpoint
         steps_per_epoch = math.ceil(n / batch_size)
         total_steps = args.epochs * steps_per_epoch
-        threads = f"{torch.get_num_threads()} threads" if device == "cpu" else device
-        print(f"run: {args.epochs} epochs of {n} images ({args.epochs * n} images seen), batch {batch_size}, "
-              f"lr {args.lr:g} after {recipe['warmup'] * args.epochs:g} epochs of warm-up, AdamW betas "
-              f"{recipe['betas']}, weight decay {args.weight_decay:g}, on {threads} x {world_size} process(es)")
+        where = (f"{torch.get_num_threads()} CPU threads" if device == "cpu" else device) + (
+            f" in each of {world_size} processes" if world_size > 1 else "")
+        print(f"run: {args.epochs} epochs x {n} images = {args.epochs * n} images seen, batch {batch_size}, "
+              f"on {where}\nrecipe: AdamW, lr {args.lr:g} after {recipe['warmup'] * args.epochs:g} epochs of "
+              f"warm-up, then a cosine to 0; betas {recipe['betas']}, weight decay {args.weight_decay:g}")
 
         def save_checkpoint(epoch):
             save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                          "model_name": args.model, "config": dataclasses.asdict(config), "args": vars(args)}, ckpt_path)
 
-        # pretraining
-        # under torchrun, DDP averages the gradients of all processes in backward(): every process then
-        # takes the same AdamW step, so the weights stay identical without ever being sent
+        # pretraining; under torchrun, DDP averages the gradients of all processes in backward(): every
+        # process then takes the same AdamW step, so the weights stay identical without ever being sent
         forward = DDP(model) if world_size > 1 else model
         for epoch in range(start_epoch, args.epochs):
             # everything random in an epoch (order, noise, masks) follows from (seed, epoch): a run resumed
