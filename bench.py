@@ -1,10 +1,11 @@
 """
-Speed of nanoAE on this machine: `python bench.py` (~10 minutes on one CPU thread; `--quick`: a minute or
-two) prints tables and writes bench.json: pretraining images/s of every model (a step as train.py takes it:
-forward, backward, AdamW) and the share spent preparing batches; the MAE at the DAE-vs-MAE study's MNIST
-shape: fine-tuning img/s, fused vs written-out attention, the operators a step's time goes to; the MAE at
-its defaults: fine-tuning img/s with and without dropping patches (--finetune-mask-ratio); t-SNE, textbook
-and fast, and SSIM, against scikit-learn and scikit-image (requirements-dev.txt; rows skipped without them).
+Speed of nanoAE on this machine: `python bench.py` (~10 minutes; `--quick`: a minute or two) prints tables
+and writes bench.json: pretraining images/s of every model (a step as train.py takes it: forward,
+backward, AdamW) and the share spent preparing batches; the MAE at its defaults: FLOPs a step, the
+float32 matmul peak and the share of it the step reaches (`OMP_NUM_THREADS=1 python bench.py` for one
+core), the speed-up of all threads over one, the operators the step's time goes to, fine-tuning img/s
+with and without dropping patches (--finetune-mask-ratio); the MAE at the DAE-vs-MAE study's MNIST shape;
+t-SNE, textbook and fast, and SSIM, against scikit-learn and scikit-image (rows skipped without them).
 """
 import argparse
 import json

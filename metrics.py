@@ -7,8 +7,8 @@ Representations: features are (N, D), e.g. from a model's `encode`, with integer
 `linear_probe` and `knn_accuracy` (how much of the label a simple classifier reads off frozen features),
 t-SNE (van der Maaten & Hinton 2008) and cluster statistics (class radius, silhouette).
 
-Every function copies alone into a script of your own: it needs torch, numpy at most, and the
-definitions above it in this file. t-SNE comes twice: `tsne`, the textbook algorithm on one page, and
+Every function copies into a script of your own with torch, numpy at most, and the definitions of this
+file its docstring names ("Copies alone.", "Copy with: mse."). t-SNE comes twice: `tsne`, the textbook algorithm on one page, and
 `tsne_fast` after it, the same optimisation with its input similarities kept over nearest neighbours.
 """
 import math

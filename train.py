@@ -251,8 +251,7 @@ def make_head(kind, dim, num_classes):
 def finetune(model, data, epochs, batch_size, head_kind, head_lr, encoder_lr, weight_decay, device):
     """Fine-tune a copy of the model (ckpt.pt keeps the pretrained weights) with a new head on its features,
     by FINETUNE_RECIPE. -> (test accuracy, the fine-tuned model, the head)."""
-    model = copy.deepcopy(model)
-    n = len(data.train_x)
+    model, n = copy.deepcopy(model), len(data.train_x)
     dim = extract_features(lambda x: {"f": model.eval().encode(x)}, data.test_x[:2], 2, device)["f"].shape[1]
     head = make_head(head_kind, dim, len(data.classes)).to(device)
     # the decoder gets no gradient: AdamW leaves it untouched
@@ -368,11 +367,12 @@ def main(argv=None):
             trim_log(log_path, start_epoch)  # the log in step with the checkpoint
         steps_per_epoch = math.ceil(n / batch_size)
         total_steps = args.epochs * steps_per_epoch
-        where = (f"{torch.get_num_threads()} CPU threads" if device == "cpu" else device) + (
+        warmup = f"after {recipe['warmup'] * args.epochs:g} epochs of warm-up" if recipe["warmup"] else "from the start"
+        where = (f"the CPU (threads: {torch.get_num_threads()})" if device == "cpu" else device) + (
             f" in each of {world_size} processes" if world_size > 1 else "")
         print(f"run: {args.epochs} epochs x {n} images = {args.epochs * n} images seen, batch {batch_size}, "
-              f"on {where}\nrecipe: AdamW, lr {args.lr:g} after {recipe['warmup'] * args.epochs:g} epochs of "
-              f"warm-up, then a cosine to 0; betas {recipe['betas']}, weight decay {args.weight_decay:g}")
+              f"on {where}\nrecipe: AdamW, lr {args.lr:g} {warmup}, then a cosine to 0; betas {recipe['betas']}, "
+              f"weight decay {args.weight_decay:g}")
 
         def save_checkpoint(epoch):
             save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,

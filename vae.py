@@ -8,7 +8,7 @@ latent_dim numbers; the decoder maps a draw of z back to an image. The loss is t
 
     loss = reconstruction loss + beta * KL(q(z|x) || N(0, I))
 
-written out in `vae_loss`, the piece to copy; beta = 1 is the plain VAE, other values the beta-VAE
+written out in `vae_loss`, the piece to copy (with `gaussian_kl`); beta = 1 is the plain VAE, other values the beta-VAE
 (Higgins et al., 2017).
 
 Both architectures of ae.py, built from its blocks:
