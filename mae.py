@@ -19,9 +19,9 @@ Read top to bottom:
 
 The masking, ids_restore, loss, positions and decoder follow the paper's reference code
 (github.com/facebookresearch/mae); unlike it, nothing here depends on timm or numpy, and any channel
-count and any patch size that divides the image work. The defaults are for a few minutes on a CPU and a
-few thousand small images: 4x4-pixel patches (49 on MNIST) of which half are hidden, where the paper hides
-three quarters of ImageNet's; with a quarter visible, a short run's features stay far below raw pixels.
+count and any patch size that divides the image work. The defaults are for minutes on a CPU and small
+images: 4x4-pixel patches (49 on MNIST) of which half are hidden, where the paper hides three quarters
+of ImageNet's; with a quarter visible, a short run's features stay far below raw pixels.
 
 Two options beyond the paper:
 - decoder_conv: a k x k convolution over the grid of decoder tokens before the decoder blocks, adding to
@@ -316,8 +316,8 @@ class MAE(nn.Module):
         patches = torch.gather(patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, Dd))  # (B, L, Dd)
         h = torch.cat([h[:, :1], patches], dim=1) + self.decoder_pos_embed  # (B, 1 + L, Dd)
         if self.decoder_conv is not None:
-            # a hidden patch's neighbours, left, right, above, below, each through weights of their own:
-            # the way to the visible patches next to it is there from the first step
+            # the k x k neighbourhood of every patch, diagonals included, each position through weights of
+            # its own: the way from a hidden patch to the visible ones next to it is there from the first step
             g = self.grid
             grid = h[:, 1:].transpose(1, 2).reshape(B, Dd, g, g)  # (B, Dd, g, g), patches in row-major order
             patches = h[:, 1:] + self.decoder_conv(grid).flatten(2).transpose(1, 2)  # (B, L, Dd)
@@ -352,7 +352,8 @@ class MAE(nn.Module):
     # -- the model contract --
 
     def forward(self, x, mask_ratio=None):
-        """Pretraining step on x (B, C, H, W) in [0, 1]: embed, mask, encode, decode, loss. -> (loss, out).
+        """The forward pass and loss of pretraining on x (B, C, H, W) in [0, 1] (train.py does the backward
+        pass and the update): embed, mask, encode, decode, loss. -> (loss, out).
 
         In training mode out is empty (the loop logs the loss alone); in eval mode it holds images:
         recon:      the prediction in the hidden patches, the input's own pixels pasted back in the visible ones
@@ -383,7 +384,7 @@ class MAE(nn.Module):
         return {"recon": recon, "prediction": pred_img, "input": x * (1 - mask_px), "mask": mask_px}
 
     def encode_tokens(self, x):
-        """All patches, nothing masked, through the encoder: (B, C, H, W) -> (B, 1 + L, D), CLS first.
+        """In eval mode, all patches through the encoder: (B, C, H, W) -> (B, 1 + L, D), CLS first.
 
         In training mode (fine-tuning) two things change; in eval mode (features, probes, tests) neither:
         - block i skips its branches with probability config.drop_path * (i + 1) / depth, rising to
@@ -403,7 +404,7 @@ class MAE(nn.Module):
         return self.norm(h)
 
     def encode(self, x):
-        """Features of the clean image, nothing masked: (B, C, H, W) -> (B, embed_dim)."""
+        """Features of the clean image (in eval mode nothing is masked or dropped): (B, C, H, W) -> (B, embed_dim)."""
         return self.pool(self.encode_tokens(x))
 
     def pool(self, h):

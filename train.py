@@ -4,7 +4,7 @@ Train an autoencoder, then measure what its features are worth.
     python train.py --model dae --dataset mnist --train-size 4000 --epochs 5   # under a minute on a CPU
     python train.py --model mae --dataset mnist                              # all 60000 digits
 
-A run, in the order this file reads (its directory's housekeeping is runs.py's):
+A run, in the order main() at the end of this file tells it (the directory's housekeeping is runs.py's):
 1. flags, checked before any work starts (a bad one is one line); data (data.py), loaded once.
 2. model, and AdamW with its recipe: betas, weight decay, linear warm-up, cosine decay.
 3. pretraining: the epoch loop written out, each step forward, loss, backward, AdamW step; after every
@@ -38,7 +38,7 @@ from runs import (MODELS, ROW_NAMES, Parser, build_config, check_device, check_o
                   save_results, show_progress, start_process, trim_log)
 
 # a default run sees at most this many images: 20 epochs of a few thousand, 5 of 60000 (RESULTS.md: the
-# probes against images seen); the design card's command then ends within 15 minutes on a 2-core laptop
+# probes against images seen), so that `--model mae --dataset mnist` ends within 15 minutes on 2 CPU cores
 IMAGES_PER_RUN = 300_000
 
 # -----------------------------------------------------------------------------
@@ -380,7 +380,7 @@ def main(argv=None):
 
         # pretraining; under torchrun, DDP averages the gradients of all processes in backward(): every
         # process then takes the same AdamW step, so the weights stay identical without ever being sent
-        forward = DDP(model) if world_size > 1 else model
+        net = DDP(model) if world_size > 1 else model
         for epoch in range(start_epoch, args.epochs):
             # everything random in an epoch (order, noise, masks) follows from (seed, epoch): a run resumed
             # after epoch k repeats exactly what the uninterrupted run did
@@ -395,7 +395,7 @@ def main(argv=None):
                     group["lr"] = lr
                 x = data.train_batch(perm[s][rank::world_size])  # this process's share of the batch
                 with autocast(device):
-                    loss, out = forward(x)
+                    loss, out = net(x)  # the model's forward: for the MAE embed, mask, encode, decode, loss
                 if not torch.isfinite(loss):
                     kept = f"ckpt.pt keeps epoch {epoch}" if epoch > 0 else "nothing was saved"
                     raise FloatingPointError(f"loss became {loss.item()} at step {i + 1} of epoch {epoch + 1}; {kept}. "
@@ -404,7 +404,7 @@ def main(argv=None):
                 loss.backward()
                 optimizer.step()
                 # the epoch's means of the loss and of the model's own scalars (the VAE's kl, ...), summed
-                # as tensors on the device and read once an epoch
+                # as tensors on the device (the isfinite check above is the step's one read of the loss)
                 for key, value in {"train_loss": loss, **{k: v for k, v in out.items() if v.ndim == 0}}.items():
                     sums[key] = sums.get(key, 0.0) + value.detach().float()
                 if time.time() - last_print > 15 or (epoch == 0 and i == 19):  # an early rate and eta, then every 15 s
