@@ -199,8 +199,8 @@ def main():
     print(f"\nMAE at its defaults, batch 64: {m['images_per_s']:.0f} img/s x {m['mflop_per_image']:.0f} MFLOP an "
           f"image = {m['gflop_per_s']:.1f} GFLOP/s, against a {m['peak_gflop_per_s']:.1f} GFLOP/s matmul peak: "
           f"{m['share_of_peak']:.2f} of the peak")
-    if device == "cpu":  # how far the cores add up: the same steps on one thread, then on all of them
-        threads = torch.get_num_threads()
+    threads = torch.get_num_threads()
+    if device == "cpu" and threads > 1:  # how far the cores add up: the same steps on one thread, then on all
         torch.set_num_threads(1)
         one = bench_pretraining("mae", "mnist", 64, 3 * steps, device)["images_per_s"]
         torch.set_num_threads(threads)
