@@ -13,7 +13,8 @@ Read top to bottom:
 - patchify / unpatchify: images <-> sequences of flattened patches
 - sincos_pos_embed_2d: fixed 2D sin-cos positions
 - random_masking: "shuffle by random noise, keep the first L * (1 - mask_ratio)", ids_restore to unshuffle
-- Attention, Block: a pre-norm Transformer block (Attention can be copied on its own)
+- Attention, Block: a pre-norm Transformer block (Attention can be copied on its own); drop_branch,
+  fine-tuning's stochastic depth
 - MAE: encoder, decoder, loss, and what the rest of nanoAE asks of a model (encode; encode_tokens for
   the probes of the patch tokens; attention_maps for the figures)
 

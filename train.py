@@ -120,7 +120,7 @@ def parse_args(argv=None):
 
     g = p.add_argument_group("model settings, each for the models in brackets")
     for flag, models, keywords in MODEL_FLAGS:
-        by_default = {}  # default value -> the models that have it
+        by_default = {}  # each config's default -> the models that have it: '32', or 'ae/dae/mcae 100; vae 32'
         for m in models:
             by_default.setdefault(getattr(MODELS[m][1], field_of(flag, keywords)), []).append(m)
         defaults = "; ".join(f"{'/'.join(ms)} {v}" if len(by_default) > 1 else str(v) for v, ms in by_default.items())
