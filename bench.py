@@ -3,7 +3,8 @@ Speed of nanoAE on this machine: `python bench.py` (~10 minutes; `--quick`: a mi
 and writes bench.json: pretraining images/s of every model (a step as train.py takes it: forward,
 backward, AdamW) and the share spent preparing batches; the MAE at its defaults: FLOPs a step, the
 float32 matmul peak and the share of it the step reaches (`OMP_NUM_THREADS=1 python bench.py` for one
-core), the speed-up of all threads over one, the operators the step's time goes to, fine-tuning img/s
+core), the speed-up of all threads over one (and of the step's matmuls alone), the operators the step's
+time goes to, the matmuls' share of it and their own share of the peak, fine-tuning img/s
 with and without dropping patches (--finetune-mask-ratio); the MAE at the DAE-vs-MAE study's MNIST shape;
 t-SNE, textbook and fast, and SSIM, against scikit-learn and scikit-image (rows skipped without them).
 """
@@ -94,7 +95,8 @@ def matmul_peak(device, n=1024, repeat=20):
 
 def step_flops(model, x):
     """FLOPs of one training step's forward and backward on the batch x, counted by torch's flop counter
-    (matmuls and convolutions; the elementwise work, a few percent, is left out)."""
+    (matmuls and convolutions; left out: the elementwise work and, on the CPU, the products inside the fused
+    attention, about 5% more at the MAE's defaults)."""
     with FlopCounterMode(display=False) as counter:
         model(x)[0].backward()
     model.zero_grad(set_to_none=True)
@@ -110,6 +112,38 @@ def bench_share_of_peak(batch_size, steps, device):
     peak = matmul_peak(device)
     return {**row, "mflop_per_image": flops / 1e6, "gflop_per_s": row["images_per_s"] * flops / 1e9,
             "peak_gflop_per_s": peak / 1e9, "share_of_peak": row["images_per_s"] * flops / peak}
+
+
+def linear_shapes(model, x):
+    """{(rows, in_features, out_features): count} of every nn.Linear a forward of x runs: the step's
+    matmuls (each also runs twice in the backward, for the gradients of its input and of its weight)."""
+    shapes = {}
+
+    def record(layer, inputs, output):
+        key = (inputs[0].shape[:-1].numel(), layer.in_features, layer.out_features)
+        shapes[key] = shapes.get(key, 0) + 1
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    model(x)
+    for hook in hooks:
+        hook.remove()
+    return shapes
+
+
+def matmul_thread_speedup(shapes, threads, device):
+    """How much faster the step's own matmuls run on `threads` threads than on one: what threads can give
+    the half of the step that is matmuls. Each shape's three matmuls (forward x W^T, backward g W and
+    g^T x), weighted by how often the step runs them."""
+    seconds = {}
+    for n in (1, threads):
+        torch.set_num_threads(n)
+        seconds[n] = 0.0
+        for (rows, d_in, d_out), count in shapes.items():
+            x, w, g = (torch.randn(rows, d_in, device=device), torch.randn(d_out, d_in, device=device),
+                       torch.randn(rows, d_out, device=device))
+            seconds[n] += count * timed(lambda: (x @ w.T, g @ w, g.T @ x), device, repeat=20)
+    torch.set_num_threads(threads)
+    return seconds[1] / seconds[threads]
 
 
 def profile(fn, device, top=8):
@@ -205,9 +239,22 @@ def main():
         one = bench_pretraining("mae", "mnist", 64, 3 * steps, device)["images_per_s"]
         torch.set_num_threads(threads)
         m["scaling"] = {"threads": threads, "one_thread_images_per_s": one, "speedup": m["images_per_s"] / one}
-        print(f"on {threads} threads {m['images_per_s']:.0f} img/s, on one {one:.0f}: {m['images_per_s'] / one:.2f}x")
-    m["profile"] = profile(lambda: bench_pretraining("mae", "mnist", 64, steps, device), device)
+        _, model = fake_run("mae", "mnist", 1, device)
+        m["scaling"]["matmuls_alone"] = matmul_thread_speedup(
+            linear_shapes(model, torch.rand(64, 1, 28, 28, device=device)), threads, device)
+        print(f"on {threads} threads {m['images_per_s']:.0f} img/s, on one {one:.0f}: {m['images_per_s'] / one:.2f}x; "
+              f"the step's own matmuls alone: {m['scaling']['matmuls_alone']:.2f}x")
+    shares = profile(lambda: bench_pretraining("mae", "mnist", 64, steps, device), device, top=1000)
+    m["profile"] = dict(list(shares.items())[:8])
     print("where its step's time goes: " + ", ".join(f"{op} {100 * s:.0f}%" for op, s in m["profile"].items()))
+    # the flop counter counts the matmuls: their rate is the step's FLOPs over the time they take
+    mm_share = sum(s for op, s in shares.items() if op in ("aten::mm", "aten::addmm", "aten::bmm"))
+    m["matmul_time_share"] = mm_share
+    m["matmul_share_of_peak"] = m["share_of_peak"] / mm_share
+    m["share_of_peak_if_matmuls_at_peak"] = m["share_of_peak"] / (m["share_of_peak"] + 1 - mm_share)
+    print(f"its matmuls take {100 * mm_share:.0f}% of the step, at {m['matmul_share_of_peak']:.2f} of the peak; "
+          f"the rest of the step (attention, GELU, LayerNorm, copies, AdamW) runs far below it: with every "
+          f"matmul at the full peak, the step would reach {m['share_of_peak_if_matmuls_at_peak']:.2f} of it")
     m = report["mae_study_mnist"] = {
         "images_per_s": bench_pretraining("mae", "mnist", 256, steps, device, **MAE_STUDY_MNIST)["images_per_s"],
         "finetune_images_per_s": bench_finetuning(256, steps, device, **MAE_STUDY_MNIST)}
