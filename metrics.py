@@ -129,21 +129,24 @@ def linear_probe(train_features, train_labels, test_features, test_labels, weigh
     std = std + 1e-6 * std.max()  # a constant feature (a border pixel) stays 0 instead of 0 / 0
     train_x, test_x = (train_features - mean) / std, (test_features - mean) / std
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-    weight = torch.zeros(train_x.shape[1], num_classes, device=train_x.device, requires_grad=True)
+    # (K, D), as nn.Linear keeps it: its gradient g^T x (K, N) @ (N, D) runs far faster on a CPU than the
+    # (D, K) weight's x^T g, most of all once the wrong classes' probabilities shrink to denormal floats
+    weight = torch.zeros(num_classes, train_x.shape[1], device=train_x.device, requires_grad=True)
     bias = torch.zeros(num_classes, device=train_x.device, requires_grad=True)
     optimizer = torch.optim.LBFGS([weight, bias], max_iter=max_iter, line_search_fn="strong_wolfe",
                                   tolerance_grad=1e-5, tolerance_change=1e-7)
 
     def closure():
         optimizer.zero_grad()
-        loss = F.cross_entropy(train_x @ weight + bias, train_labels) + weight_decay / 2 * weight.square().sum()
+        logits = F.linear(train_x, weight, bias)  # (N, K) = train_x @ weight.T + bias
+        loss = F.cross_entropy(logits, train_labels) + weight_decay / 2 * weight.square().sum()
         loss.backward()
         return loss
 
     with torch.enable_grad():
         optimizer.step(closure)  # one call runs L-BFGS to convergence (or max_iter)
     with torch.no_grad():
-        return ((test_x @ weight + bias).argmax(1) == test_labels).float().mean().item()
+        return (F.linear(test_x, weight, bias).argmax(1) == test_labels).float().mean().item()
 
 
 @torch.no_grad()
