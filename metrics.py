@@ -119,12 +119,14 @@ def linear_probe(train_features, train_labels, test_features, test_labels, weigh
     Features are standardised by the training set's mean and std, as the MAE paper's probe does with a
     BatchNorm before its linear layer: a feature's scale then says nothing about its weight. The weights
     minimise the mean cross-entropy + weight_decay / 2 |W|^2 over the whole training set with L-BFGS
-    until the loss stops falling: scikit-learn's LogisticRegression(C = 1 / (weight_decay N)), whose
-    default C = 1 is the default weight_decay = 1 / N.
-    Features (N, D), labels (N,) ints -> fraction correct in [0, 1]. Copies alone.
+    until the loss stops falling or max_iter steps: scikit-learn's LogisticRegression(C = 1 / (weight_decay
+    N)), whose default C = 1 is the default weight_decay = 1 / N.
+    Features (N, D), labels (N,) ints, all on one device -> fraction correct in [0, 1]. Copies alone.
     """
     weight_decay = 1 / len(train_features) if weight_decay is None else weight_decay
-    train_features, test_features = train_features.float(), test_features.float()
+    # frozen: no gradient flows back into whatever made the features
+    train_features, test_features = train_features.detach().float(), test_features.detach().float()
+    train_labels, test_labels = train_labels.long(), test_labels.long()  # cross_entropy wants int64
     mean, std = train_features.mean(0), train_features.std(0)
     std = std + 1e-6 * std.max()  # a constant feature (a border pixel) stays 0 instead of 0 / 0
     train_x, test_x = (train_features - mean) / std, (test_features - mean) / std

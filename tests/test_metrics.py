@@ -352,6 +352,14 @@ def test_linear_probe_matches_sklearn_logistic_regression(n_features, n_informat
     assert ours == pytest.approx(expected, abs=0.01)
 
 
+def test_linear_probe_takes_features_straight_from_an_encoder_and_int32_labels():
+    """A student's features still attached to their encoder's graph, labels from numpy as int32."""
+    x, y = make_blobs(300, 8, centers=3, random_state=0)
+    features = torch.nn.Linear(8, 8)(torch.from_numpy(x).float())  # requires grad
+    labels = torch.from_numpy(y).int()
+    assert metrics.linear_probe(features[:200], labels[:200], features[200:], labels[200:]) > 0.9
+
+
 def test_knn_accuracy_matches_sklearn_on_real_digits():
     """Well within a point of scikit-learn's cosine k-NN with distance weights on real 8x8 digits."""
     x, y = load_digits(return_X_y=True)
