@@ -133,8 +133,8 @@ def linear_shapes(model, x):
 
 def matmul_thread_speedup(shapes, threads, device):
     """How much faster the step's own matmuls run on `threads` threads than on one: what threads can give
-    the half of the step that is matmuls. Each shape's three matmuls (forward x W^T, backward g W and
-    g^T x), weighted by how often the step runs them."""
+    the step's matmul part, at best. Each shape's three matmuls (forward x W^T, backward g W and g^T x),
+    weighted by how often the step runs them."""
     seconds = {}
     for n in (1, threads):
         torch.set_num_threads(n)
