@@ -1,9 +1,12 @@
 """
 AE: the plain autoencoder, and the building blocks the DAE, VAE and MCAE reuse.
 
-Two architectures:
+Three architectures:
 - mlp:  flatten -> Linear/LayerNorm/ReLU stack -> latent vector -> mirrored stack -> sigmoid (the
         masking tutorial and the MLP denoising report: 784-256-64, 784-512-256-z, 784-656-512-256-128-z)
+- linear: flatten -> one Linear to the latent vector -> one Linear back, nothing in between: trained on
+        the squared error it finds the subspace of PCA with as many components (Baldi & Hornik 1989),
+        the masking tutorial's "a linear autoencoder behaves like PCA"
 - conv: stride-2 Conv2d/BatchNorm/ReLU stack -> latent feature map (C x h x w) -> mirrored
         ConvTranspose2d stack -> sigmoid (the DAE-vs-MAE study, the CIFAR-10 assignment). With 4x4
         kernels, stride 2, padding 1, three layers take 28x28 to 3x3 and 32x32 to 4x4, so the DAE-vs-MAE
@@ -24,7 +27,7 @@ import torch.nn.functional as F
 class AEConfig:
     in_channels: int = 1            # image channels: 1 for (Fashion-)MNIST, 3 for CIFAR-10
     image_size: int = 28            # image height = width: 28 or 32
-    arch: str = "conv"              # 'mlp' (fully connected) or 'conv' (convolutional)
+    arch: str = "conv"              # 'mlp' (fully connected), 'conv' (convolutional) or 'linear' (PCA's equal)
     hidden: tuple = (512, 256)      # mlp: hidden layer widths from the input towards the latent
     latent_dim: int = 100           # mlp: size of the latent vector
     channels: tuple = (32, 64, 128) # conv: output channels of each stride-2 conv (each halves H, W)
@@ -110,7 +113,8 @@ class ConvDecoder(nn.Module):
 
 def start_output_at_mean(decoder, mean_image):
     """Set the bias of the decoder's last layer so that, before any training, it outputs the data's
-    mean image: (C, H, W) in [0, 1], per pixel for an MLP decoder, per channel for a conv one.
+    mean image: (C, H, W) in [0, 1], per pixel for an MLP decoder, per channel for a conv one. A decoder
+    without a sigmoid (the linear one) takes the mean itself.
 
     Why: the untrained decoder outputs sigmoid(0) = 0.5 everywhere, while MNIST's mean pixel is 0.12. The first
     steps then push every pre-sigmoid value down at once and overshoot far below zero, where the sigmoid
@@ -120,9 +124,10 @@ def start_output_at_mean(decoder, mean_image):
     """
     last = [m for m in decoder.modules() if isinstance(m, (nn.Linear, nn.ConvTranspose2d))][-1]
     mean = mean_image.flatten() if isinstance(last, nn.Linear) else mean_image.mean(dim=(1, 2))  # (C*H*W,) or (C,)
-    mean = mean.clamp(0.01, 0.99)  # logit(0) = -inf: a pixel that is always black starts almost black
+    if any(isinstance(m, nn.Sigmoid) for m in decoder.modules()):
+        mean = torch.logit(mean.clamp(0.01, 0.99))  # logit(0) = -inf: an always black pixel starts almost black
     with torch.no_grad():
-        last.bias.copy_(torch.logit(mean).to(last.bias))
+        last.bias.copy_(mean.to(last.bias))
 
 
 # -----------------------------------------------------------------------------
@@ -140,13 +145,17 @@ class AE(nn.Module):
             self.encoder = nn.Sequential(nn.Flatten(), mlp(sizes))
             self.decoder = nn.Sequential(mlp(sizes[::-1], nn.Sigmoid()), nn.Unflatten(1, (C, S, S)))
             self.latent_shape = (config.latent_dim,)
+        elif config.arch == "linear":
+            self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(C * S * S, config.latent_dim))
+            self.decoder = nn.Sequential(nn.Linear(config.latent_dim, C * S * S), nn.Unflatten(1, (C, S, S)))
+            self.latent_shape = (config.latent_dim,)
         elif config.arch == "conv":
             self.encoder = ConvEncoder(C, config.channels, config.latent_channels)
             self.decoder = ConvDecoder(C, config.channels, config.latent_channels, S)
             h = conv_sizes(S, len(config.channels))[-1]
             self.latent_shape = (config.latent_channels, h, h)
         else:
-            raise ValueError(f"unknown arch {config.arch!r}: use 'mlp' or 'conv'")
+            raise ValueError(f"unknown arch {config.arch!r}: use 'mlp', 'conv' or 'linear'")
 
     def init_output_bias(self, mean_image):
         """Start the decoder at the training set's mean image (see start_output_at_mean)."""
@@ -177,9 +186,11 @@ class AE(nn.Module):
         # sparsity penalty)
         l1_loss = z.abs().mean()
         loss = recon_loss + self.config.l1 * l1_loss
-        out = {"recon": recon, "input": inp}
+        # a linear decoder has no sigmoid: its pictures are clipped to [0, 1], its loss is not (least
+        # squares, as PCA)
+        out = {"recon": recon.clamp(0, 1), "input": inp}
         if self.config.l1 > 0:  # two terms: report each (train.py logs every scalar in out)
-            out.update(recon_loss=recon_loss.detach(), l1=l1_loss.detach())
+            out.update(recon_loss=recon_loss.detach(), l1_penalty=l1_loss.detach())
         if mask is not None:
             out["mask"] = mask
         return loss, out

@@ -52,15 +52,19 @@ def fake_run(model_name, dataset, n, device, **config):
 
 
 def train_steps(loss_of, parameters, data, batch_size, device):
-    """One pass over data.train_x of train.py's step: loss_of(batch indices), backward, AdamW step."""
-    optimizer = torch.optim.AdamW(parameters, lr=1e-4)
+    """One pass over data.train_x of train.py's step: loss_of(batch indices), backward, AdamW step, in the
+    precision --dtype auto picks for the device (float16 with its loss scaler on older GPUs)."""
+    dtype = train.pick_dtype("auto", device)
+    optimizer = train.adamw(parameters, 1e-4, (0.9, 0.95), 0.05, device)
+    scaler = train.grad_scaler(device, dtype)
     perm = torch.randperm(len(data.train_x), device=device)
     for s in batches(len(perm), batch_size):
-        with train.autocast(device):
+        with train.autocast(device, dtype):
             loss = loss_of(perm[s])
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
 
 def bench_pretraining(model_name, dataset, batch_size, steps, device, **config):
@@ -154,7 +158,10 @@ def profile(fn, device, top=8):
     with torch.profiler.profile() as prof:  # CPU, and CUDA where there is a GPU
         fn()
     # aten:: operators only: the time of wrappers (autograd nodes, modules) is in the operators they call
-    times = {e.key: e.self_device_time_total if cuda else e.self_cpu_time_total
+    # the GPU's own time: self_device_time_total since torch 2.4, self_cuda_time_total before
+    device_time = "self_device_time_total" if hasattr(prof.key_averages()[0], "self_device_time_total") \
+        else "self_cuda_time_total"
+    times = {e.key: getattr(e, device_time) if cuda else e.self_cpu_time_total
              for e in prof.key_averages() if e.key.startswith("aten::")}
     total = sum(times.values())
     return {op: t / total for op, t in sorted(times.items(), key=lambda kv: -kv[1])[:top]}

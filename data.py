@@ -18,6 +18,7 @@ import tempfile
 import time
 
 import torch
+import torch.nn.functional as F
 
 DIGITS = [str(i) for i in range(10)]
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -34,6 +35,12 @@ DATASETS = {
     "folder": ("ImageFolder", 3, 32, None, False, ""),
 }
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"  # apt-get install dataset-fashion-mnist
+
+
+def image_shape(dataset, image_channels=None, image_size=None):
+    """(channels, size) of the images: the dataset's own, or what --channels/--image-size ask of a folder."""
+    _, channels, size, _, _, _ = DATASETS[dataset]
+    return image_channels or channels, image_size or size
 
 
 class RunError(Exception):
@@ -194,6 +201,12 @@ def to_float(images_uint8):
     return images_uint8.float() / 255
 
 
+def add_noise(x, std, generator=None):
+    """Gaussian noise of standard deviation std on images in [0, 1], clipped: the noisy image is still one."""
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return (x + std * noise).clamp(0, 1)
+
+
 def color_jitter(x, generator=None):
     """Colour jitter drawn independently for each image of a (B, 3, H, W) batch in [0, 1].
 
@@ -244,6 +257,7 @@ class Data:
 
 def load_data(dataset, data_dir, device, train_size=0, seed=0, image_size=32, channels=3):
     """The training and test images of a dataset on the device; image_size and channels are for 'folder'."""
+    t0 = time.time()
     _, _, _, classes, jitter, _ = DATASETS[dataset]
     if dataset == "folder":
         train_x, train_y, test_x, test_y, classes = load_folder(data_dir, image_size, channels, seed)
@@ -257,6 +271,8 @@ def load_data(dataset, data_dir, device, train_size=0, seed=0, image_size=32, ch
         g = torch.Generator(device=device).manual_seed(seed)
         jittered = [color_jitter(to_float(test_x[i:i + 1000]), g) for i in range(0, len(test_x), 1000)]
         test_x = (torch.cat(jittered) * 255).round().to(torch.uint8)
+    print(f"data: {dataset}, {len(train_x)} train / {len(test_x)} test images {tuple(train_x.shape[1:])} on "
+          f"{device} in {time.time() - t0:.1f}s")
     return Data(train_x, train_y, test_x, test_y, jitter, classes)
 
 
@@ -264,3 +280,44 @@ def batches(n, batch_size):
     """Slices 0:b, b:2b, ... covering range(n); the last one may be shorter."""
     for i in range(0, n, batch_size):
         yield slice(i, min(i + batch_size, n))
+
+
+@torch.no_grad()
+def in_batches(function, x, batch_size=500):
+    """function(x) for a large x, batch_size rows at a time, concatenated."""
+    return torch.cat([function(x[s]) for s in batches(len(x), batch_size)])
+
+
+# -----------------------------------------------------------------------------
+# which test images a figure shows: every class in turn
+
+
+def rank_in_class(labels):
+    """For each test image, how many images of its class come before it: (N,) -> (N,)."""
+    onehot = F.one_hot(labels.cpu())
+    return (onehot.cumsum(0) * onehot).sum(1) - 1
+
+
+def class_indices(labels, n):
+    """Indices of n test images, one class after another (0, 1, 2, ..., 0, 1, ...): a row shows every class."""
+    labels = labels.cpu()
+    return torch.argsort(rank_in_class(labels) * (int(labels.max()) + 1) + labels)[:n]
+
+
+def balanced_indices(labels, per_class):
+    """The first per_class test images of every class (fewer where a class has fewer), class by class."""
+    first = torch.nonzero(rank_in_class(labels) < per_class).flatten()
+    return first[torch.argsort(labels.cpu()[first], stable=True)]
+
+
+def test_images(data, idx):
+    """Test images idx (a tensor of indices, or a count: the first ones) as floats in [0, 1]: (n, C, H, W)."""
+    if isinstance(idx, int):
+        idx = torch.arange(min(idx, len(data.test_x)), device=data.test_x.device)
+    return to_float(data.test_x[idx.to(data.test_x.device)])
+
+
+def shown_images(data, n=8):
+    """n test images for a figure, one class after another, and their class names."""
+    idx = class_indices(data.test_y, n)
+    return test_images(data, idx), [data.classes[y] for y in data.test_y.cpu()[idx]]

@@ -1,13 +1,8 @@
 """
 Drawing what analyze.py measured: every figure (matplotlib) and report.md. Nothing here runs a model or
 reads a dataset: each function takes arrays, or the plain dicts analyze.measure makes (RUN_DIR/analysis.json,
-with the run's log, results and config), and writes one file.
-
-- building blocks: a figure of panels, saving it, heatmap colours, the hidden-pixel colour, a grid of images
-- per-run figures that need no images: the t-SNE of the features, the weight histograms
-- figures comparing runs: PSNR and loss per epoch, PSNR against noise, against latent size, against mask ratio
-- report.md: the runs, what their features are worth beside raw pixels and the untrained encoder,
-  reconstruction, denoising, filling in, clusters, PSNR and SSIM worked through for one image
+with the run's log, results and config), and writes one file. In order: the building blocks (panels, heat
+colours, grids of images), per-run figures from numbers, figures comparing runs, and report.md.
 """
 import math
 import os
@@ -131,27 +126,30 @@ def finish_axes(ax, epochs=False, **properties):
 # per-run figures drawn from numbers
 
 
-def plot_tsne(analysis, path):
-    """A panel per set of points t-SNE embedded: the features of clean test images, of noisy ones for a model
-    trained on noise, and the raw pixels of the same images, each with its silhouette (DvM, C10)."""
-    tsne, classes = analysis["tsne"], analysis["classes"]
+def plot_embedding(analysis, path, key):
+    """A panel per set of points in 2-D by t-SNE (key 'embedding') or PCA ('pca'): the features of clean test
+    images, of noisy ones (AE, DAE), and the same images' raw pixels, each with its silhouette (DvM, C10)."""
+    tsne, classes, method = analysis["tsne"], analysis["classes"], "t-SNE" if key == "embedding" else "PCA"
     labels, per_class = np.array(tsne["labels"]), [c for c in tsne["per_class"] if c]
     names = [name for name in ("clean", "noisy", "pixels") if name in tsne]
     fig, axes = panels(len(names), 5, 4.8)
-    what = analysis["feature"]
+    what, trained = analysis["feature"], analysis["kind"] == "dae"
     for ax, name in zip(axes, names):
-        embedding = np.array(tsne[name]["embedding"])
+        embedding = np.array(tsne[name][key])
         for c, class_name in enumerate(classes):
             ax.scatter(*embedding[labels == c].T, s=5, color=f"C{c % 10}", label=class_name, alpha=0.8,
                        linewidths=0)
         title = {"clean": f"{what} ({tsne['latent_size']}-d)", "pixels": "raw pixels, the baseline",
-                 "noisy": f"{what} of noisy images (std {tsne['noise_std']:.2f}), the noise it was trained on"}[name]
-        ax.set(title=f"{title}\nsilhouette {tsne[name]['latent']['silhouette']:.2f} before t-SNE",
-               xlabel="t-SNE 1", ylabel="t-SNE 2", xticks=[], yticks=[])
+                 "noisy": f"{what} of noisy images (std {tsne['noise_std']:.2f}), "
+                          f"{'the noise it was trained on' if trained else 'never seen in training'}"}[name]
+        if key == "pca":  # noisy latents on the clean latents' axes, so what noise moves shows as a shift
+            title += f"\n{'on the clean axes; ' if name == 'noisy' else ''}{tsne[name]['pca_explained']:.0%} of the variance"
+        ax.set(title=f"{title}\nsilhouette {tsne[name]['latent']['silhouette']:.2f} before {method}",
+               xlabel=f"{method} 1", ylabel=f"{method} 2", xticks=[], yticks=[])
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right center", markerscale=3, title="class")
     # the real count: a small test set may hold fewer than --tsne-per-class images of a class
     count = f"{max(per_class)}" if min(per_class) == max(per_class) else f"{min(per_class)} to {max(per_class)}"
-    return save(fig, path, f"{analysis['name']}: t-SNE of the {what} beside raw pixels, {len(labels)} test "
+    return save(fig, path, f"{analysis['name']}: {method} of the {what} beside raw pixels, {len(labels)} test "
                 f"images ({count} per class); silhouette -1 .. 1, higher = classes better apart")
 
 
@@ -170,11 +168,22 @@ def plot_weights(named_weights, name, path):
 # figures comparing runs, from the analysis dicts: the path written, or None where none applies
 
 
+def ends_of_sweep(members, most=8, analysis=lambda member: member):
+    """More than `most` runs, a sweep, are drawn as its best and worst run by test PSNR (the MLP report's
+    figure 3); fewer all. -> (members drawn, a note for the title)."""
+    if len(members) <= most:
+        return members, ""
+    ranked = sorted(members, key=lambda m: analysis(m)["results"].get("psnr", -math.inf))
+    return [ranked[-1], ranked[0]], f"\nthe best and the worst of {len(ranked)} runs"
+
+
 def draw_per_epoch(groups, title, path):
     """One panel per group {(panel title, ylabel): [(analysis, colour, [(log key, line style)])]}, a curve
-    per run and key."""
+    per run and key (a sweep's best and worst)."""
     fig, axes = panels(len(groups), 5.5, per_row=3)
     for ax, ((panel_title, ylabel), members) in zip(axes, groups.items()):
+        members, note = ends_of_sweep(members, analysis=lambda m: m[0])
+        panel_title += note
         for a, colour, series in members:
             for i, (key, style) in enumerate(series):
                 ax.plot([e["epoch"] for e in a["log"]], [e[key] for e in a["log"]], color=colour, linestyle=style,
@@ -184,7 +193,7 @@ def draw_per_epoch(groups, title, path):
 
 
 def plot_psnr_per_epoch(analyses, path):
-    """A panel per dataset, masked models apart: their whole-image PSNR counts the pixels they were shown."""
+    """test PSNR per epoch, a panel per dataset, masked models on hidden pixels (C10, MLP fig. 2)"""
     groups = {}
     for i, a in enumerate(a for a in analyses if a["log"]):
         panel, key = f"{a['dataset']}: PSNR over the whole image", "psnr"
@@ -197,28 +206,28 @@ def plot_psnr_per_epoch(analyses, path):
 
 
 def plot_loss_per_epoch(analyses, path):
-    """A panel per kind of loss: a VAE's nats per image and an AE's MSE per pixel differ by orders of
-    magnitude. The VAE's two terms get panels of their own (C10)."""
+    """train and test loss per epoch, a panel per kind of loss; the VAE's KL and -log p(x|z) (C10, MLP fig. 3)"""
     groups = {}
     for i, a in enumerate(a for a in analyses if a["log"]):
         loss = ("negative ELBO (nats / image)" if a["kind"] == "vae" else "MSE on hidden pixels"
                 if a["kind"] == "mae" or a["config"].get("loss_on") == "masked" else "MSE per pixel")
         terms = [("VAE: KL divergence (nats / image)", "kl"), ("VAE: -log p(x|z) (nats / image)", "recon_loss")]
         for ylabel, train_key, test_key in [(loss, "train_loss", "test_loss")] + [
-                (ylabel, key, f"test_{key}") for ylabel, key in terms if key in a["log"][0]]:
+                (ylabel, key, f"test_{key}") for ylabel, key in terms if a["kind"] == "vae"]:
             groups.setdefault((ylabel.split(" (")[0], ylabel), []).append(
                 (a, f"C{i % 10}", [(train_key, "-"), (test_key, "--")]))
     return draw_per_epoch(groups, "loss per epoch: train (solid) and test (dashed)", path) if groups else None
 
 
 def plot_psnr_vs_noise(analyses, path):
-    """Left: every AE and DAE at each test noise variance. Right, with one run per training variance: each
-    DAE at the variance it was trained with (the MLP report's PSNR against noise variance)."""
-    tested = [a for a in analyses if "noise" in a]
+    """AE, DAE: PSNR against test noise variance; the best DAE at each training noise (MLP fig. 5)"""
     trained = {}
-    for a in tested:
+    for a in analyses:
         if a["kind"] == "dae" and "psnr" in a["results"]:
-            trained.setdefault(a["dataset"], []).append((a["config"]["noise_std"] ** 2, a["results"]["psnr"]))
+            points = trained.setdefault(a["dataset"], {})
+            variance = round(a["config"]["noise_std"] ** 2, 3)
+            points[variance] = max(points.get(variance, -math.inf), a["results"]["psnr"])
+    tested, note = ends_of_sweep([a for a in analyses if "noise" in a])
     if not tested:
         return None
     fig, axes = panels(1 + bool(trained))
@@ -227,58 +236,83 @@ def plot_psnr_vs_noise(analyses, path):
     for dataset, style in zip(dict.fromkeys(a["dataset"] for a in tested), ["--", ":", "-.", (0, (5, 1, 1, 1))]):
         axes[0].plot(NOISE_VARIANCES, next(a for a in tested if a["dataset"] == dataset)["noise"]["input_psnr"],
                      linestyle=style, color="gray", marker=".", label=f"noisy input ({dataset})")  # to beat
-    axes[0].set_title(f"each run at every test noise, first {tested[0]['noise']['n_images']} test images")
+    axes[0].set_title(f"each run at every test noise, first {tested[0]['noise']['n_images']} test images{note}")
     for dataset, points in trained.items():
-        axes[1].plot(*zip(*sorted(points)), marker="o", label=dataset)
-        axes[1].set_title("each DAE at the noise it was trained with, whole test set")
+        axes[1].plot(*zip(*sorted(points.items())), marker="o", label=dataset)
+        axes[1].set_title("the best DAE at each noise it was trained with, whole test set")
     for ax in axes:
         finish_axes(ax, xlabel="noise variance (std = sqrt(variance))", ylabel="PSNR (dB)", xticks=NOISE_VARIANCES)
     return save(fig, path, "denoising: reconstruction PSNR against input noise")
 
 
-def best_psnr_per_latent(analyses):
-    """MLP AEs and DAEs: {'<dataset>, noise std <s>': {latent size: (best test PSNR, its L1 weight)}}."""
-    best = {}
+def mlp_sweeps(analyses):
+    """MLP AEs and DAEs by sweep, {'<dataset>, 784-<hidden>-z, noise std <s>': {latent size z: [analyses]}}:
+    the runs of one line differ in z and the L1 weight."""
+    sweeps = {}
     for a in analyses:
         if a["kind"] in ("ae", "dae") and a["config"]["arch"] == "mlp" and "psnr" in a["results"]:
-            line = f"{a['dataset']}, noise std {a['config'].get('noise_std', 0):g}"
-            point = best.setdefault(line, {}).get(a["config"]["latent_dim"])
-            if point is None or a["results"]["psnr"] > point[0]:
-                best[line][a["config"]["latent_dim"]] = (a["results"]["psnr"], a["config"]["l1"])
-    return best
+            hidden = "-".join(map(str, a["config"].get("hidden", ())))
+            line = f"{a['dataset']}, 784-{hidden}-z, noise std {a['config'].get('noise_std', 0):g}"
+            sweeps.setdefault(line, {}).setdefault(a["config"]["latent_dim"], []).append(a)
+    return sweeps
 
 
-def plot_psnr_per_latent(analyses, path):
-    """The best test PSNR at each latent size over the L1 settings tried, one line per dataset and input
-    noise, each point labelled with the L1 weight that won (the MLP report's figure 2)."""
-    best = best_psnr_per_latent(analyses)
-    if not any(len(points) > 1 for points in best.values()):
-        return None  # one latent size: nothing to compare
-    fig, (ax,) = panels(1, 7)
-    for line, points in best.items():
-        sizes = sorted(points)
-        ax.plot(sizes, [points[d][0] for d in sizes], marker="o", label=line)
-        for d in sizes:
-            ax.annotate(f"L1 {points[d][1]:g}", (d, points[d][0]), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    sizes = sorted({d for points in best.values() for d in points})
-    ax.set(xscale="log", xlabel="latent size", ylabel="best test PSNR (dB) over L1 settings")
-    ax.set_xticks(sizes, [str(d) for d in sizes])
-    ax.minorticks_off()
-    finish_axes(ax)
-    return save(fig, path, "MLP autoencoders: reconstruction against latent size")
+def plot_best_psnr_per_epoch(analyses, path):
+    """MLP AE, DAE: at each latent size z the best test PSNR per epoch over the L1 weights (MLP fig. 2)"""
+    sweeps = {line: sweep for line, sweep in mlp_sweeps(analyses).items() if len(sweep) > 1}
+    if not sweeps:
+        return None
+    fig, axes = panels(len(sweeps), 5.5, per_row=2)
+    for ax, (line, sweep) in zip(axes, sweeps.items()):
+        for d in sorted(sweep):
+            epochs = min(len(a["log"]) for a in sweep[d])
+            best = [max(a["log"][e]["psnr"] for a in sweep[d]) for e in range(epochs)]
+            ax.plot(range(1, epochs + 1), best, marker="o", markersize=3, label=f"z = {d}")
+        finish_axes(ax, epochs=True, title=line, ylabel="best test PSNR (dB) over L1")
+    return save(fig, path, "MLP autoencoders: the best PSNR per epoch at each latent size")
+
+
+def plot_when_mae_fails(analyses, path):
+    """MAE: images whose object the masks hide; training mask ratio against accuracy (Mask)
+
+    The masking tutorial's "when MAE fails" beside mask_ratios.png's over-masking: the hidden PSNR of images
+    keeping most of their object and of those not (their share annotated); features against raw pixels."""
+    maes = [a for a in analyses if a["kind"] == "mae" and "object_lost" in a["masking"]["settings"][0]]
+    if not maes:
+        return None
+    ranked = sorted(maes, key=lambda a: a["config"]["mask_ratio"])
+    fig, axes = panels(1 + (len(ranked) > 1), 6)
+    rows, lost = ranked[-1]["masking"]["settings"], ranked[-1]["masking"]["lost"]
+    for key, label in (("hidden_psnr_object_seen", "most of the object visible"),
+                       ("hidden_psnr_object_lost", f"under {lost:.0%} of the object visible")):
+        axes[0].plot([r["mask_ratio"] for r in rows], [r[key] for r in rows], marker="o", label=label)
+    for r in rows:  # the share of images that lost their object at that ratio
+        axes[0].annotate(f"{r['object_lost']:.0%}", (r["mask_ratio"], r["hidden_psnr_object_lost"]), fontsize=7,
+                         textcoords="offset points", xytext=(4, -10))
+    finish_axes(axes[0], title=f"{ranked[-1]['name']}: small objects lost (% of images: most of the object hidden)",
+                xlabel="test mask ratio", ylabel="PSNR on hidden pixels (dB)")
+    for key, probe in (("linear_acc", "linear"), ("knn_acc", "k-NN")) if len(ranked) > 1 else ():
+        line, = axes[1].plot([a["config"]["mask_ratio"] for a in ranked], [a["results"].get(key) for a in ranked],
+                             marker="o", label=f"{probe} probe on the features")
+        axes[1].axhline(ranked[0]["results"].get("pixels_" + key, math.nan), color=line.get_color(), linestyle="--",
+                        label=f"{probe} probe on raw pixels")
+        finish_axes(axes[1], title="what the features are worth", xlabel="mask ratio in training",
+                    ylabel="test accuracy")
+    return save(fig, path, f"when MAE fails, first {ranked[-1]['masking']['n_images']} test images")
 
 
 def plot_mask_ratios(analyses, path):
-    """MCAE runs trained at different mask ratios (the plain AE: at 0), tested at the assignment's ratios,
-    beside leaving the holes black: a panel per dataset and kind of mask (C10)."""
-    groups = {(a["dataset"], a["config"]["mask_type"]): [] for a in analyses
-              if a["kind"] == "mcae" and a["config"]["mask_ratio"] > 0}
+    """masked models trained at different mask ratios, tested at others; holes left black (C10, Mask)
+
+    A panel per dataset and kind of mask: MCAE runs (plain AEs: trained at 0) at the assignment's ratios, MAE
+    runs from a tenth of the patches hidden to nearly all (over-masking, the tutorial's "when MAE fails")."""
+    groups = {(a["dataset"], a["config"].get("mask_type", "patch")): [] for a in analyses if is_masked(a["kind"], a["config"])}
     for (dataset, mask_type), members in groups.items():
         members += [(a, [s for s in a["masking"]["settings"] if s["mask_type"] == mask_type]) for a in analyses
-                    if a["dataset"] == dataset and a["kind"] in ("ae", "mcae")]
+                    if a["dataset"] == dataset and "masking" in a]
     if not groups:
         return None
-    fig, axes = panels(len(groups), 6.5)
+    fig, axes = panels(len(groups), 6.5, per_row=3)
     for ax, ((dataset, mask_type), members) in zip(axes, groups.items()):
         for a, tested in sorted((m for m in members if m[1]), key=lambda m: m[0]["config"].get("mask_ratio", 0)):
             ax.plot([s["mask_ratio"] for s in tested], [s["hidden_psnr"] for s in tested], marker="o",
@@ -287,16 +321,8 @@ def plot_mask_ratios(analyses, path):
                 linestyle="--", label="holes left black")
         finish_axes(ax, title=f"{dataset}, {mask_type} masks", xlabel="test mask ratio",
                     ylabel="PSNR on hidden pixels (dB)")
-    return save(fig, path, f"MCAE runs trained at different mask ratios, first {a['masking']['n_images']} test images")
-
-
-def plot_levels(levels, path):
-    """The masking tutorial's three levels: [(title, rows of images, row labels)], one grid each."""
-    fig, axes = panels(len(levels), 1.5 + len(levels[0][1][0]), 2.4, per_row=1)
-    for ax, (title, rows, labels) in zip(axes, levels):
-        draw_grid(ax, rows, labels)
-        ax.set_title(title)
-    return save(fig, path, "three levels of reconstruction difficulty (MCAE)", fontweight="bold")
+    return save(fig, path, f"masked models trained at different mask ratios, first {a['masking']['n_images']} "
+                f"test images")
 
 
 # -----------------------------------------------------------------------------
@@ -309,9 +335,8 @@ def table(header, rows):
 
 
 def best_reconstructions(analyses):
-    """The best run of each group of runs whose PSNRs compare: one dataset, masked models apart, scored on
-    the hidden pixels (the MAE's whole-image PSNR counts the patches it copied).
-    -> {(dataset, masked): (analysis, results key)}"""
+    """The best run of each group whose PSNRs compare: one dataset, masked models apart, on the hidden pixels
+    (the MAE's whole-image PSNR counts the patches it copied). -> {(dataset, masked): (analysis, key)}"""
     best = {}
     for a in analyses:
         group = a["dataset"], is_masked(a["kind"], a["config"])
@@ -328,12 +353,9 @@ def summary(analyses):
         what, pixels = ("masked model", " on the hidden pixels") if masked else ("model given whole or noisy images", "")
         sentences.append(f"On {dataset}, the best reconstruction by a {what} is {top['name']}'s, "
                          f"{top['results'][key]:.2f} dB PSNR{pixels} on the test set.")
-    for a in analyses:
-        r = a["results"]
-        if r.get("knn_acc") is not None and r.get("pixels_knn_acc") is not None:
-            above = r["knn_acc"] >= r["pixels_knn_acc"]
-            sentences.append(f"{a['name']}'s features score {r['knn_acc']:.1%} on k-NN, {'above' if above else 'below'} "
-                             f"raw pixels' {r['pixels_knn_acc']:.1%}.")
+    for a, r in ((a, a["results"]) for a in analyses if a["results"].get("pixels_knn_acc") is not None):
+        sentences.append(f"{a['name']}'s features score {r['knn_acc']:.1%} on k-NN, "
+                         f"{'above' if r['knn_acc'] >= r['pixels_knn_acc'] else 'below'} raw pixels' {r['pixels_knn_acc']:.1%}.")
     return " ".join(sentences)
 
 
@@ -342,8 +364,9 @@ def runs_section(analyses):
     rows = []
     for a in analyses:
         config, results = a["config"], a["results"]
-        arch = (f"ViT patch {config['patch_size']}, depth {config['depth']}" if a["kind"] == "mae" else
-                f"{config['arch']} " + "-".join(map(str, config["hidden" if config["arch"] == "mlp" else "channels"])))
+        arch = (f"ViT patch {config['patch_size']}, depth {config['depth']}" if a["kind"] == "mae" else "linear"
+                if config["arch"] == "linear" else f"{config['arch']} " + "-".join(map(str, config[
+                    "hidden" if config["arch"] == "mlp" else "channels"])))
         corruption = (f"noise std {config['noise_std']:.3g} (variance {config['noise_std'] ** 2:.2g})" if a["kind"] == "dae"
                       else f"{config.get('mask_type', 'patch')} mask {config['mask_ratio']}"
                       if is_masked(a["kind"], config) else "none")
@@ -352,6 +375,21 @@ def runs_section(analyses):
                      fmt(results.get("parameters"), None)])
     return ["## Runs", "", table(["run", "model", "dataset", "architecture", "latent size", "L1", "input corruption",
                                   "training images", "epochs", "parameters"], rows)]
+
+
+def sweep_section(analyses):
+    """The MLP report's table 1: on each dataset the best and the worst test PSNR of its MLP runs."""
+    rows = []
+    for dataset in dict.fromkeys(a["dataset"] for a in analyses):
+        ranked = sorted((a for sweep in mlp_sweeps(analyses).values() for runs in sweep.values() for a in runs
+                         if a["dataset"] == dataset), key=lambda a: a["results"]["psnr"])
+        for label, a in [("best", ranked[-1]), ("worst", ranked[0])] if len(ranked) > 2 else []:
+            c = a["config"]
+            rows.append([dataset, label, fmt(a["results"]["psnr"], 2), f"784-{'-'.join(map(str, c['hidden']))}-z",
+                         c["latent_dim"], f"{c['l1']:g}", f"{c.get('noise_std', 0) ** 2:.2g}", a["name"]])
+    return ["## Best and worst PSNR of the MLP autoencoders", "", "As the MLP denoising report's table 1: over "
+            "every MLP run of a dataset (architectures, latent sizes z, L1 weights, noise).", "",
+            table(["dataset", "", "PSNR (dB)", "architecture", "z", "L1", "noise variance", "run"], rows)] if rows else []
 
 
 def accuracy_section(analyses):
@@ -439,7 +477,8 @@ def write_report(analyses, out_dir, figures=None):
     worked = [[a["name"]] + [fmt(a["worked_example"][key], digits) for key, digits in
                              [("mse", 5), ("psnr", 2), ("brightness", 4), ("contrast_structure", 4), ("ssim", 4)]]
               for a in analyses]
-    sections = [runs_section, accuracy_section, reconstruction_section, noise_section, filling_section, cluster_section]
+    sections = [runs_section, accuracy_section, reconstruction_section, sweep_section, noise_section, filling_section,
+                cluster_section]
     lines = ["# nanoAE report", "", summary(analyses), ""] + sum((section(analyses) for section in sections), []) + [
         "## PSNR and SSIM worked through: the first test image", "",
         "PSNR = 10 log10(1 / MSE) for pixels in [0, 1]. SSIM compares 11x11 Gaussian windows (sigma 1.5) of the "

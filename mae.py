@@ -9,29 +9,24 @@ patch; the loss is the mean squared error on the hidden patches only. Because th
 processes the hidden patches, pretraining is cheap, and filling in whole patches cannot be done by
 copying neighbouring pixels, so the encoder has to learn what objects look like.
 
-Read top to bottom:
-- patchify / unpatchify: images <-> sequences of flattened patches
-- sincos_pos_embed_2d: fixed 2D sin-cos positions
-- random_masking: "shuffle by random noise, keep the first L * (1 - mask_ratio)", ids_restore to unshuffle
-- Attention, Block: a pre-norm Transformer block (Attention can be copied on its own); drop_branch,
-  fine-tuning's stochastic depth
-- MAE: encoder, decoder, loss, and what the rest of nanoAE asks of a model (encode; encode_tokens for
-  the probes of the patch tokens; attention_maps for the figures)
+Read top to bottom, the paper's model first:
+- patchify / unpatchify: images <-> sequences of flattened patches; sincos_pos_embed_2d: fixed positions
+- random_masking: "shuffle by random noise, keep the first L * (1 - mask_ratio)", ids_restore to unshuffle;
+  add_mask_tokens: every patch back in place, a mask token where one was hidden; masked_mse: the loss
+- Attention, drop_branch, Block: a pre-norm Transformer block (stochastic depth for fine-tuning)
+- MaskedAutoencoderViT: the paper's model, encoder, decoder, loss (the reference code's name for it)
+Then, marked, what nanoAE adds to it (delete it from a copy and MaskedAutoencoderViT still trains):
+- MAE: the model contract the rest of nanoAE uses (forward -> (loss, pictures), encode for the probes),
+  the fine-tuning encoder, attention maps for the figures, the checks of a config, and the decoder conv.
 
 The masking, ids_restore, loss, positions and decoder follow the paper's reference code
-(github.com/facebookresearch/mae); unlike it, nothing here depends on timm or numpy, and any channel
-count and any patch size that divides the image work. The defaults are for minutes on a CPU and small
-images: 4x4-pixel patches (49 on MNIST) of which half are hidden, where the paper hides three quarters
-of ImageNet's; with a quarter visible, a short run's features stay far below raw pixels.
-
-Two options beyond the paper:
-- decoder_conv: a k x k convolution over the grid of decoder tokens before the decoder blocks, adding to
-  every token what its neighbours hold. It fills hidden patches from their visible neighbours from the
-  first step, where attention must first learn from the positions which tokens are neighbours: sharper
-  reconstructions early, but an encoder whose tokens need only describe themselves, so poorer features.
-  It sees only what the decoder sees (encoded visible patches and mask tokens): nothing hidden leaks in.
-- the prediction layer starts at zero, so training starts from predicting 0 (with norm_pix_loss: the
-  patch mean) instead of from random outputs whose error is many times that of predicting 0.
+(github.com/facebookresearch/mae): with the same weights and mask, the same output. Unlike it, nothing
+here depends on timm or numpy, and any channel count and any patch size that divides the image work.
+The defaults are for minutes on a CPU and small images: 4x4-pixel patches (49 on MNIST) of which half
+are hidden, where the paper hides three quarters of ImageNet's; with a quarter visible, a short run's
+features stay far below raw pixels. One change to the reference: the prediction layer starts at zero,
+so training starts from predicting 0 (with norm_pix_loss: the patch mean) instead of from random outputs
+whose error is many times that of predicting 0.
 """
 import math
 from dataclasses import dataclass
@@ -53,9 +48,10 @@ class MAEConfig:
     decoder_embed_dim: int = 64     # decoder width (a multiple of 4); the decoder is lighter than the encoder
     decoder_depth: int = 2          # number of decoder Transformer blocks
     decoder_num_heads: int = 4      # decoder attention heads
-    decoder_conv: int = 0           # kernel of a conv over the decoder's grid of patches (odd; 0 = none, the paper's)
     mask_ratio: float = 0.5         # fraction of patches hidden from the encoder during pretraining (paper: 0.75)
     norm_pix_loss: bool = False     # target: each patch minus its mean, over its std (paper: better features)
+    # nanoAE's additions (class MAE)
+    decoder_conv: int = 0           # kernel of a conv over the decoder's grid of patches (odd; 0 = none, the paper's)
     pool: str = "cls"               # encode(): 'cls' (the CLS token) or 'mean' (mean of the patch tokens)
     drop_path: float = 0.1          # fine-tuning: stochastic depth in encode() while training (see drop_branch)
     finetune_mask_ratio: float = 0.0  # fine-tuning: fraction of patches encode() drops while training (0 = none)
@@ -80,7 +76,7 @@ def patchify(imgs, p):
 
 
 def unpatchify(x, p, C):
-    """(B, L, p*p*C) -> (B, C, H, W) for square images: the inverse of patchify."""
+    """(B, L, p*p*C) -> (B, C, H, W) for square images: the inverse of patchify. Copies alone."""
     B, L, D = x.shape
     h = w = math.isqrt(L)
     if h * w != L or D != p * p * C:
@@ -93,10 +89,10 @@ def unpatchify(x, p, C):
 
 def sincos_pos_embed_1d(embed_dim, pos):
     """(M,) positions -> (M, embed_dim): sin(pos * omega_i) then cos(pos * omega_i),
-    omega_i = 1 / 10000^(2i / embed_dim) for i = 0 .. embed_dim/2 - 1 (Vaswani et al., 2017)."""
+    omega_i = 1 / 10000^(2i / embed_dim) for i = 0 .. embed_dim/2 - 1 (Vaswani et al., 2017). Copies alone."""
     if embed_dim % 2 != 0:
         raise ValueError(f"1D sin-cos positions need an even width, got {embed_dim}")
-    i = torch.arange(embed_dim // 2, dtype=torch.float64)
+    i = torch.arange(embed_dim // 2, dtype=torch.float64, device=pos.device)
     omega = 1.0 / 10000 ** (2 * i / embed_dim)         # (D/2,) frequencies, fastest first
     angles = pos.double()[:, None] * omega[None, :]    # (M, D/2)
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)  # (M, D)
@@ -108,6 +104,7 @@ def sincos_pos_embed_2d(embed_dim, grid_size, cls_token=True):
     Returns (1 + L, D) with an all-zero first row for the CLS token (it has no position), or (L, D).
     Half the dims encode one coordinate, half the other, each with 1D sin-cos of width D/2. As in the
     reference code, the first half encodes the column (x) and the second half the row (y).
+    Copy with: sincos_pos_embed_1d.
     """
     if embed_dim % 4 != 0:
         raise ValueError(f"2D sin-cos positions need a width divisible by 4, got {embed_dim}")
@@ -122,7 +119,7 @@ def sincos_pos_embed_2d(embed_dim, grid_size, cls_token=True):
 
 
 # -----------------------------------------------------------------------------
-# masking
+# masking, putting the patches back, the loss
 
 
 def random_masking(x, mask_ratio):
@@ -148,13 +145,35 @@ def random_masking(x, mask_ratio):
     return x_visible, mask, ids_restore
 
 
+def add_mask_tokens(visible, mask_token, ids_restore):
+    """The decoder's input: every patch back in its place, the mask token in each hidden one.
+
+    visible: (B, len_keep, D) encoded visible patches in random_masking's shuffled order; mask_token: (1, 1, D);
+    ids_restore: (B, L). In shuffled order the visible patches come first and the hidden ones after, so the
+    mask tokens are appended there and the whole sequence unshuffled with ids_restore. -> (B, L, D).
+    Copies alone.
+    """
+    B, len_keep, D = visible.shape
+    mask_tokens = mask_token.expand(B, ids_restore.shape[1] - len_keep, -1)  # (B, L - len_keep, D)
+    shuffled = torch.cat([visible, mask_tokens], dim=1)                      # (B, L, D) shuffled
+    return torch.gather(shuffled, 1, ids_restore.unsqueeze(-1).expand(-1, -1, D))  # (B, L, D) in place
+
+
+def masked_mse(pred, target, mask):
+    """Mean squared error per patch, averaged over the hidden patches only (mask == 1): the visible ones
+    are in the input, so scoring them would reward copying. pred, target: (B, L, p*p*C), mask: (B, L).
+    Copies alone."""
+    loss = ((pred - target) ** 2).mean(dim=-1)         # (B, L) mean squared error per patch
+    return (loss * mask).sum() / mask.sum().clamp(min=1)  # clamp: mask_ratio 0 gives 0, not nan
+
+
 # -----------------------------------------------------------------------------
 # the Transformer
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention: softmax(q k^T / sqrt(head_dim)) v, per head, then a projection.
-    Copies alone."""
+    """Multi-head self-attention: softmax(q k^T / sqrt(head_dim)) v, per head, then a projection. As the
+    DAE-vs-MAE study's, it can return its attention weights to be looked at (return_attention). Copies alone."""
 
     def __init__(self, dim, num_heads):
         super().__init__()
@@ -177,15 +196,25 @@ class Attention(nn.Module):
             y = attn @ v                               # (B, heads, T, hd)
         else:
             # the same computation in one fused kernel that never holds the T x T weights: faster once
-            # sequences are long, as the decoder's 197 tokens of 2x2 patches on MNIST
+            # sequences are long (2x2 patches of MNIST give the decoder 197 tokens)
             y = F.scaled_dot_product_attention(q, k, v)  # (B, heads, T, hd)
         y = y.transpose(1, 2).reshape(B, T, D)         # (B, T, D): heads side by side again
         y = self.proj(y)
         return (y, attn) if return_attention else y
 
 
+def drop_branch(branch, drop_path, training):
+    """Stochastic depth (Huang et al. 2016), for fine-tuning: in training, each image skips the residual
+    branch with probability drop_path, and the branches kept are scaled by 1 / (1 - drop_path). Copies alone."""
+    if not training or drop_path == 0:
+        return branch
+    keep = (torch.rand(branch.shape[0], 1, 1, device=branch.device) >= drop_path).to(branch.dtype)
+    return branch * keep / (1 - drop_path)            # (B, T, D), whole images' branches zeroed
+
+
 class Block(nn.Module):
-    """Pre-norm Transformer block: x + Attention(LN(x)), then x + MLP(LN(x))."""
+    """Pre-norm Transformer block: x + Attention(LN(x)), then x + MLP(LN(x)); drop_path: stochastic depth
+    (0 in pretraining). Copy with: Attention, drop_branch."""
 
     def __init__(self, dim, num_heads, mlp_ratio=4.0):
         super().__init__()
@@ -201,74 +230,46 @@ class Block(nn.Module):
         return x
 
 
-def drop_branch(branch, drop_path, training):
-    """Stochastic depth (Huang et al. 2016), for fine-tuning: in training, each image skips the residual
-    branch with probability drop_path, and the branches kept are scaled by 1 / (1 - drop_path)."""
-    if not training or drop_path == 0:
-        return branch
-    keep = (torch.rand(branch.shape[0], 1, 1, device=branch.device) >= drop_path).to(branch.dtype)
-    return branch * keep / (1 - drop_path)            # (B, T, D), whole images' branches zeroed
-
-
 # -----------------------------------------------------------------------------
-# the masked autoencoder
+# the masked autoencoder, as the paper
 
 
-class MAE(nn.Module):
-    """The masked autoencoder: a ViT encoder on the visible patches, a light decoder on all of them.
-    Copy with: all of mae.py."""
+class MaskedAutoencoderViT(nn.Module):
+    """The paper's masked autoencoder: a ViT encoder on the visible patches, a light decoder on all of them,
+    the loss on the hidden ones. forward(imgs, mask_ratio) -> (loss, pred (B, L, p*p*C), mask (B, L)). Its
+    config: MAEConfig, or any object with the same fields.
+    Copy with: patchify, sincos_pos_embed_2d, sincos_pos_embed_1d, random_masking, add_mask_tokens, masked_mse,
+    Attention, Block, drop_branch."""
 
     def __init__(self, config):
         super().__init__()
         self.config = config
-        C, S, p = config.in_channels, config.image_size, config.patch_size
-        if S % p != 0:
-            raise ValueError(f"patch size {p} does not divide the image size {S}")
-        if not 0 <= config.drop_path < 1:
-            raise ValueError(f"drop_path must be in [0, 1), got {config.drop_path}")
-        if config.pool not in ("cls", "mean"):
-            raise ValueError(f"unknown pool {config.pool!r}: use 'cls' or 'mean'")
-        grid = S // p
-        self.grid = grid
+        C, p, D, Dd = config.in_channels, config.patch_size, config.embed_dim, config.decoder_embed_dim
+        grid = config.image_size // p
         self.num_patches = grid * grid
-        if config.decoder_conv < 0 or (config.decoder_conv and config.decoder_conv % 2 == 0):
-            raise ValueError(f"decoder_conv must be 0 or an odd kernel size, got {config.decoder_conv}")
-        for name in ("mask_ratio", "finetune_mask_ratio"):
-            ratio = getattr(config, name)
-            if int(self.num_patches * (1 - ratio)) < 1:
-                raise ValueError(f"{name} {ratio} leaves none of the {self.num_patches} patches visible: the "
-                                 f"encoder would see nothing (use at most "
-                                 f"{math.floor(1000 * (1 - 1 / self.num_patches)) / 1000})")
-        D, Dd = config.embed_dim, config.decoder_embed_dim
 
         # encoder: a Linear on flattened patches (the same as a stride-p p x p conv), CLS, ViT blocks
         self.patch_embed = nn.Linear(p * p * C, D)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
         # fixed, not learned: persistent buffers travel with the state dict but get no gradient
         self.register_buffer("pos_embed", sincos_pos_embed_2d(D, grid).unsqueeze(0))  # (1, 1 + L, D)
-        self.blocks = nn.ModuleList([Block(D, config.num_heads, config.mlp_ratio)
-                                     for _ in range(config.depth)])
+        self.blocks = nn.ModuleList([Block(D, config.num_heads, config.mlp_ratio) for _ in range(config.depth)])
         self.norm = nn.LayerNorm(D, eps=1e-6)
 
         # decoder: narrower, shallower, used only for pretraining
         self.decoder_embed = nn.Linear(D, Dd)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, Dd))  # one learned token for every hidden patch
-        self.register_buffer("decoder_pos_embed",
-                             sincos_pos_embed_2d(Dd, grid).unsqueeze(0))  # (1, 1 + L, Dd)
-        # every patch token reads its k x k neighbourhood of the grid (visible and mask tokens alike)
-        k = config.decoder_conv
-        self.decoder_conv = nn.Conv2d(Dd, Dd, k, padding=k // 2) if k else None
+        self.register_buffer("decoder_pos_embed", sincos_pos_embed_2d(Dd, grid).unsqueeze(0))  # (1, 1 + L, Dd)
         self.decoder_blocks = nn.ModuleList([Block(Dd, config.decoder_num_heads, config.mlp_ratio)
                                              for _ in range(config.decoder_depth)])
         self.decoder_norm = nn.LayerNorm(Dd, eps=1e-6)
         self.decoder_pred = nn.Linear(Dd, p * p * C)   # pixels of one patch
-
         self.initialize_weights()
 
     def initialize_weights(self):
         """As the reference code: xavier_uniform Linear weights, zero biases, LayerNorm (1, 0),
-        CLS and mask tokens normal(std=0.02); the decoder conv keeps torch's default init.
-        Unlike it, the prediction layer starts at zero: every patch is first predicted as 0."""
+        CLS and mask tokens normal(std=0.02). Unlike it, the prediction layer starts at zero: every patch
+        is first predicted as 0."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 # xavier_uniform treats the patch embedding like any Linear: fan-in p*p*C, fan-out D
@@ -306,27 +307,19 @@ class MAE(nn.Module):
     # -- decoder --
 
     def forward_decoder(self, latent, ids_restore):
-        """(B, 1 + len_keep, D) encoded visible patches -> (B, L, p*p*C) predicted pixels of every patch."""
+        """(B, 1 + len_keep, D) encoded visible patches -> (B, L, p*p*C) predicted pixels of every patch:
+        every patch back in place, positions added, then decode_tokens (which MAE, below, extends)."""
         h = self.decoder_embed(latent)                 # (B, 1 + len_keep, Dd)
-        B, L = ids_restore.shape
-        Dd = h.shape[-1]
-        mask_tokens = self.mask_token.expand(B, L - (h.shape[1] - 1), -1)  # (B, L - len_keep, Dd)
-        # in shuffled order the visible patches come first and the hidden ones after: append the mask
-        # tokens there, then unshuffle the whole sequence with ids_restore
-        patches = torch.cat([h[:, 1:], mask_tokens], dim=1)  # (B, L, Dd) shuffled
-        patches = torch.gather(patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, Dd))  # (B, L, Dd)
+        patches = add_mask_tokens(h[:, 1:], self.mask_token, ids_restore)  # (B, L, Dd), in place
         h = torch.cat([h[:, :1], patches], dim=1) + self.decoder_pos_embed  # (B, 1 + L, Dd)
-        if self.decoder_conv is not None:
-            # the k x k neighbourhood of every patch, diagonals included, each position through weights of
-            # its own: the way from a hidden patch to the visible ones next to it is there from the first step
-            g = self.grid
-            grid = h[:, 1:].transpose(1, 2).reshape(B, Dd, g, g)  # (B, Dd, g, g), patches in row-major order
-            patches = h[:, 1:] + self.decoder_conv(grid).flatten(2).transpose(1, 2)  # (B, L, Dd)
-            h = torch.cat([h[:, :1], patches], dim=1)   # (B, 1 + L, Dd)
+        return self.decode_tokens(h)
+
+    def decode_tokens(self, h):
+        """The decoder's blocks on (B, 1 + L, Dd) tokens -> (B, L, p*p*C) pixels, the CLS token dropped."""
         for block in self.decoder_blocks:
             h = block(h)
         h = self.decoder_norm(h)
-        return self.decoder_pred(h)[:, 1:]             # (B, L, p*p*C): drop the CLS token
+        return self.decoder_pred(h)[:, 1:]             # (B, L, p*p*C)
 
     # -- loss --
 
@@ -338,23 +331,78 @@ class MAE(nn.Module):
         return mean, std
 
     def forward_loss(self, x, pred, mask):
-        """Mean squared error per patch, averaged over the hidden patches only (mask == 1).
-
-        x: (B, C, H, W) target images, pred: (B, L, p*p*C), mask: (B, L). The visible patches are in
-        the input, so scoring them would reward copying; the reference code leaves them out too.
-        """
+        """masked_mse of the predictions against the pixels of x (B, C, H, W), or, with norm_pix_loss,
+        against each patch normalised by its own mean and std."""
         target = patchify(x, self.config.patch_size)   # (B, L, p*p*C)
         if self.config.norm_pix_loss:
             mean, std = self.patch_stats(x)
             target = (target - mean) / std
-        loss = ((pred - target) ** 2).mean(dim=-1)     # (B, L) mean squared error per patch
-        return (loss * mask).sum() / mask.sum().clamp(min=1)  # clamp: mask_ratio 0 gives 0, not nan
+        return masked_mse(pred, target, mask)
 
-    # -- the model contract --
+    def forward(self, x, mask_ratio=None):
+        """Pretraining's forward pass on x (B, C, H, W) in [0, 1]: embed, mask, encode, decode, loss, with
+        mask_ratio of the patches hidden (default: the config's). -> (loss, pred (B, L, p*p*C), mask (B, L))."""
+        mask_ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
+        latent, mask, ids_restore = self.forward_encoder(x, mask_ratio)
+        pred = self.forward_decoder(latent, ids_restore)  # (B, L, p*p*C)
+        return self.forward_loss(x, pred, mask), pred, mask
+
+
+# -----------------------------------------------------------------------------
+# what nanoAE adds to the paper's model: a copy without it still trains MaskedAutoencoderViT
+
+
+def check_config(config):
+    """Refuse, in words, a config the MAE cannot be built from (a ValueError). Copies alone."""
+    S, p = config.image_size, config.patch_size
+    if S % p != 0:
+        raise ValueError(f"patch size {p} does not divide the image size {S}")
+    if not 0 <= config.drop_path < 1:
+        raise ValueError(f"drop_path must be in [0, 1), got {config.drop_path}")
+    if config.pool not in ("cls", "mean"):
+        raise ValueError(f"unknown pool {config.pool!r}: use 'cls' or 'mean'")
+    if config.decoder_conv < 0 or (config.decoder_conv and config.decoder_conv % 2 == 0):
+        raise ValueError(f"decoder_conv must be 0 or an odd kernel size, got {config.decoder_conv}")
+    num_patches = (S // p) ** 2
+    for name in ("mask_ratio", "finetune_mask_ratio"):
+        ratio = getattr(config, name)
+        if int(num_patches * (1 - ratio)) < 1:
+            raise ValueError(f"{name} {ratio} leaves none of the {num_patches} patches visible: the encoder "
+                             f"would see nothing (use at most {math.floor(1000 * (1 - 1 / num_patches)) / 1000})")
+
+
+class MAE(MaskedAutoencoderViT):
+    """The MAE as the rest of nanoAE uses it (the model contract): forward(x) -> (loss, out), encode(x) for
+    the probes; the fine-tuning encoder (stochastic depth, dropped patches), attention maps for the figures,
+    the config's checks, and decoder_conv: a k x k convolution over the grid of decoder tokens before the
+    decoder blocks, adding to every token what its neighbours hold. The conv fills hidden patches from
+    their visible neighbours from the first step, where attention must first learn from the positions
+    which tokens are neighbours: sharper reconstructions early, but an encoder whose tokens need only
+    describe themselves, so poorer features. It sees only what the decoder sees (encoded visible patches
+    and mask tokens): nothing hidden leaks in. Copy with: all of mae.py."""
+
+    def __init__(self, config):
+        check_config(config)
+        super().__init__(config)
+        # every patch token reads its k x k neighbourhood of the grid (visible and mask tokens alike);
+        # torch's default init
+        k, Dd = config.decoder_conv, config.decoder_embed_dim
+        self.grid = config.image_size // config.patch_size
+        self.decoder_conv = nn.Conv2d(Dd, Dd, k, padding=k // 2) if k else None
+
+    def decode_tokens(self, h):
+        if self.decoder_conv is not None:
+            # the k x k neighbourhood of every patch, diagonals included, each position through weights of
+            # its own: the way from a hidden patch to the visible ones next to it is there from the first step
+            B, _, Dd = h.shape
+            grid = h[:, 1:].transpose(1, 2).reshape(B, Dd, self.grid, self.grid)  # (B, Dd, g, g), row-major
+            patches = h[:, 1:] + self.decoder_conv(grid).flatten(2).transpose(1, 2)  # (B, L, Dd)
+            h = torch.cat([h[:, :1], patches], dim=1)   # (B, 1 + L, Dd)
+        return super().decode_tokens(h)
 
     def forward(self, x, mask_ratio=None):
         """The forward pass and loss of pretraining on x (B, C, H, W) in [0, 1] (train.py does the backward
-        pass and the update): embed, mask, encode, decode, loss. -> (loss, out).
+        pass and the update). -> (loss, out).
 
         In training mode out is empty (the loop logs the loss alone); in eval mode it holds images:
         recon:      the prediction in the hidden patches, the input's own pixels pasted back in the visible ones
@@ -363,10 +411,7 @@ class MAE(nn.Module):
         mask:       (B, 1, H, W), 1 = hidden
         mask_ratio, if given, replaces config.mask_ratio for this call (e.g. to show other ratios).
         """
-        mask_ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
-        latent, mask, ids_restore = self.forward_encoder(x, mask_ratio)
-        pred = self.forward_decoder(latent, ids_restore)  # (B, L, p*p*C)
-        loss = self.forward_loss(x, pred, mask)
+        loss, pred, mask = super().forward(x, mask_ratio)
         return loss, ({} if self.training else self.pictures(x, pred, mask))
 
     @torch.no_grad()
@@ -404,14 +449,14 @@ class MAE(nn.Module):
             h = block(h, drop_path=self.config.drop_path * (i + 1) / len(self.blocks))
         return self.norm(h)
 
-    def encode(self, x):
-        """Features of the clean image (in eval mode nothing is masked or dropped): (B, C, H, W) -> (B, embed_dim)."""
-        return self.pool(self.encode_tokens(x))
-
     def pool(self, h):
         """(B, 1 + L, D) encoder output -> (B, D): pool='cls', the CLS token after the final norm;
         pool='mean', the mean of the patch tokens."""
         return h[:, 0] if self.config.pool == "cls" else h[:, 1:].mean(dim=1)
+
+    def encode(self, x):
+        """Features of the clean image (in eval mode nothing is masked or dropped): (B, C, H, W) -> (B, embed_dim)."""
+        return self.pool(self.encode_tokens(x))
 
     @torch.no_grad()
     def attention_maps(self, x, mask_ratio=0.0):
@@ -430,8 +475,8 @@ class MAE(nn.Module):
         _, attn = last.attn(last.norm1(h), return_attention=True)  # (B, heads, 1 + len_keep, 1 + len_keep)
         seen = attn[:, :, 0, 1:].float()               # (B, heads, len_keep): CLS's row, patch columns
         seen = seen / seen.sum(dim=-1, keepdim=True)
+        # the hidden patches' weight is 0: the same restore as the decoder's mask tokens, per head
         B, heads, len_keep = seen.shape
-        # in shuffled order the kept patches come first: zeros for the hidden ones, then unshuffle
-        weights = torch.cat([seen, seen.new_zeros(B, heads, mask.shape[1] - len_keep)], dim=2)  # (B, heads, L)
-        weights = torch.gather(weights, 2, ids_restore[:, None].expand(-1, heads, -1))  # (B, heads, L)
-        return weights, mask
+        weights = add_mask_tokens(seen.reshape(B * heads, len_keep, 1), seen.new_zeros(1, 1, 1),
+                                  ids_restore.repeat_interleave(heads, dim=0))  # (B * heads, L, 1)
+        return weights.view(B, heads, -1), mask

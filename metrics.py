@@ -42,6 +42,15 @@ def hidden_psnr(recon, target, mask, eps=1e-10):
     return 10 * torch.log10(1.0 / (squared_error / (mask.flatten(1).sum(1) * target.shape[1]) + eps))
 
 
+def hidden_scores(recon, target, mask):
+    """A masked model's scores, each the mean over the images: PSNR over the whole images and over their
+    hidden pixels (mask (B, 1, H, W), 1 = hidden), and the hidden PSNR of leaving the holes black, what a
+    model that learned nothing scores (high where the holes fall on a black background). Copy with: psnr,
+    mse, hidden_psnr."""
+    return {"psnr": psnr(recon, target).mean().item(), "hidden_psnr": hidden_psnr(recon, target, mask).nanmean().item(),
+            "black_fill_hidden_psnr": hidden_psnr(torch.zeros_like(target), target, mask).nanmean().item()}
+
+
 # -----------------------------------------------------------------------------
 # SSIM (Wang et al. 2004): local means, variances and covariance under a Gaussian window
 
@@ -131,8 +140,8 @@ def linear_probe(train_features, train_labels, test_features, test_labels, weigh
     std = std + 1e-6 * std.max()  # a constant feature (a border pixel) stays 0 instead of 0 / 0
     train_x, test_x = (train_features - mean) / std, (test_features - mean) / std
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-    # (K, D), as nn.Linear keeps it: its gradient g^T x (K, N) @ (N, D) runs far faster on a CPU than the
-    # (D, K) weight's x^T g, most of all once the wrong classes' probabilities shrink to denormal floats
+    # (K, D), as nn.Linear keeps it: its gradient is then g^T x, the faster product on a CPU (RESULTS.md,
+    # "What the probes cost")
     weight = torch.zeros(num_classes, train_x.shape[1], device=train_x.device, requires_grad=True)
     bias = torch.zeros(num_classes, device=train_x.device, requires_grad=True)
     optimizer = torch.optim.LBFGS([weight, bias], max_iter=max_iter, line_search_fn="strong_wolfe",
@@ -317,15 +326,27 @@ def nearest_neighbor_probabilities(x, perplexity=30.0, n_neighbors=None):
     return P, neighbors
 
 
-def pca_start(x, dim):
-    """The top principal components of x (N, D) -> (N, dim) float64, signs fixed so each direction's largest
-    loading is positive, scaled so the first column has standard deviation 1e-4 (scikit-learn's init='pca')."""
-    x = x - x.mean(0)
-    _, vectors = torch.linalg.eigh(x.T @ x)                                 # ascending eigenvalues
+def pca(x, dim):
+    """Principal component analysis: the dim orthonormal directions along which x (N, D) varies most.
+    -> mean (D,), components (D, dim), largest variance first, float64; each sign fixed so its largest
+    loading is positive (an eigenvector's sign is arbitrary). Project with (x - mean) @ components,
+    reconstruct with projection @ components.T + mean: the best rank-dim linear reconstruction in squared
+    error. The eigenvectors of the scatter matrix, as numpy's textbooks write it. Copies alone."""
+    x = x.flatten(1).double()
+    mean = x.mean(0)
+    centred = x - mean
+    _, vectors = torch.linalg.eigh(centred.T @ centred)                   # ascending eigenvalues
     components = vectors[:, -dim:].flip(1)                                 # (D, dim), largest first
     largest = components.abs().argmax(0)
-    components = components * components[largest, torch.arange(dim)].sign()
-    Y = x @ components                                                     # (N, dim)
+    components = components * components[largest, torch.arange(dim, device=x.device)].sign()
+    return mean, components
+
+
+def pca_start(x, dim):
+    """x (N, D) projected on its top dim principal components -> (N, dim) float64, scaled so the first
+    column has standard deviation 1e-4 (scikit-learn's init='pca')."""
+    mean, components = pca(x, dim)
+    Y = (x - mean) @ components                                            # (N, dim)
     return Y / Y[:, 0].std(correction=0) * 1e-4
 
 

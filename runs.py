@@ -5,13 +5,10 @@ A run's directory, kept out of train.py's way: nothing here is about learning.
         save_atomic(state, "out/mae-mnist/ckpt.pt")
     model, flags, ckpt = load_run("out/mae-mnist")  # what analyze.py reads
 
-- the table of models, from a name to its class and config, and a config from flags or a checkpoint;
-- the command line both scripts share: a parser whose errors are one line, ranged number types;
-- the lock that makes one run the only writer of its --out-dir;
-- saves that never leave a broken file (a full disk is one line, and the previous file stays);
-- reading and checking a checkpoint, resuming from it, the log beside it, loading finished runs;
-- torchrun's processes, and one-line errors for what a user can fix;
-- what a run says: its progress lines, the probe table and the warning that a run learned nothing.
+The table of models; the command line both scripts share (one-line errors, ranged number types); the lock
+that makes one run the only writer of its --out-dir; saves that never leave a broken file; checkpoints,
+resuming, the log, loading finished runs; torchrun's processes; what a run says (its first and last lines,
+progress, the probe table, the warning that a run learned nothing, the fine-tuning hint).
 """
 import argparse
 import contextlib
@@ -20,16 +17,18 @@ import io
 import json
 import math
 import os
+import shlex
 import sys
 import time
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
 from ae import AE, AEConfig
 from dae import DAE, DAEConfig
-from data import DATASETS, Data, RunError, load_data
+from data import Data, RunError, image_shape, load_data
 from mae import MAE, MAEConfig
 from mcae import MCAE, MCAEConfig
 from vae import VAE, VAEConfig
@@ -99,20 +98,52 @@ def check_device(parser, device):
 # a model's config and shape
 
 
-def image_shape(dataset, image_channels=None, image_size=None):
-    """(channels, size) of the images: the dataset's own, or what --channels/--image-size ask of a folder."""
-    _, channels, size, _, _, _ = DATASETS[dataset]
-    return image_channels or channels, image_size or size
-
-
-def build_config(model_name, flags, in_channels, image_size, saved=None):
+def build_config(model_name, flags, saved=None):
     """The model's config: the dataclass defaults, or the saved config of the checkpoint a run resumes,
-    overridden by every flag of the same name that was given (flags: {name: value or None})."""
+    overridden by every flag of the same name that was given (flags: train.py's, {name: value or None}),
+    for images of the shape of flags["dataset"]."""
     config_cls = MODELS[model_name][1]
     names = [f.name for f in dataclasses.fields(config_cls)]
     given = {name: flags[name] for name in names if flags.get(name) is not None}
     saved = {k: v for k, v in (saved or {}).items() if k in names}  # a field this version lacks is left out
+    in_channels, image_size = image_shape(flags["dataset"], flags.get("image_channels"), flags.get("image_size"))
     return config_cls(**{**saved, **given, "in_channels": in_channels, "image_size": image_size})
+
+
+def build_model(model_name, flags, saved=None):
+    """The model of build_config(...) (model.config holds it); a setting it cannot take (a patch size that
+    does not divide the image, nothing left visible) is refused in one line, as argparse refuses a bad flag."""
+    try:
+        return MODELS[model_name][0](build_config(model_name, flags, saved))
+    except ValueError as e:
+        Parser(prog=os.path.basename(sys.argv[0])).error(f"--model {model_name}: {e}")
+
+
+def field_of(flag, keywords):
+    return keywords.get("dest", flag[2:].replace("-", "_"))  # --latent-dim -> latent_dim
+
+
+def add_model_flags(group, model_flags):
+    """train.py's model settings [(flag, models, argparse keywords)] into an argparse group, each help
+    ending in the models it is for and their configs' defaults: '[ae, dae] ... (default: ae/dae 100)'."""
+    for flag, models, keywords in model_flags:
+        by_default = {}  # each config's default -> the models that have it: '32', or 'ae/dae/mcae 100; vae 32'
+        for m in models:
+            by_default.setdefault(getattr(MODELS[m][1], field_of(flag, keywords)), []).append(m)
+        defaults = "; ".join(f"{'/'.join(ms)} {v}" if len(by_default) > 1 else str(v) for v, ms in by_default.items())
+        defaults = defaults.replace(", ", ",").replace("(", "").replace(")", "")  # (512, 256) -> 512,256
+        group.add_argument(flag, **{**keywords, "help": f"[{', '.join(models)}] {keywords['help']} (default: {defaults})"})
+
+
+def check_flags(parser, args, model_flags):
+    """Refuse, in one line, a model setting given for a model that does not have it, a --device torch does
+    not know or this machine lacks."""
+    check_device(parser, args.device)
+    for flag, models, keywords in model_flags:
+        value = getattr(args, field_of(flag, keywords))
+        if value is not None and args.model not in models:
+            given = "--no-" + flag[2:] if value is False else flag  # --no-norm-pix-loss
+            parser.error(f"{given} is for --model {' or '.join(models)}, not {args.model}")
 
 
 # -----------------------------------------------------------------------------
@@ -143,12 +174,14 @@ def lock_out_dir(out_dir):
 
 
 @contextlib.contextmanager
-def owned_out_dir(out_dir, lock=True):
+def owned_out_dir(out_dir, resume, overwrite, lock=True):
     """The run's hold on its --out-dir: the lock of lock_out_dir while the run lives (lock=False: another
-    process of the run holds it), and no directory left behind by a run that failed before writing anything."""
+    process of the run holds it), no run started over a finished one by accident (check_out_dir), and no
+    directory left behind by a run that failed before writing anything."""
     created = not os.path.isdir(out_dir)
     handle = lock_out_dir(out_dir) if lock else None
     try:
+        check_out_dir(out_dir, resume, overwrite)
         yield
     except BaseException:
         if created and os.path.isdir(out_dir) and os.listdir(out_dir) == [".lock"]:
@@ -168,11 +201,21 @@ def check_out_dir(out_dir, resume, overwrite):
                        f"start over with --overwrite, or pick another --out-dir")
 
 
+def to_cpu(obj):
+    """Every tensor inside nested dicts and lists copied to the CPU, the rest as it is."""
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {key: to_cpu(value) for key, value in obj.items()}
+    return [to_cpu(value) for value in obj] if isinstance(obj, (list, tuple)) else obj
+
+
 def save_atomic(obj, path):
-    """torch.save to a temporary file, then rename: an interrupted save never leaves a broken file, and the
-    previous one stays until the new one is complete. A failed write (a full disk) is one line."""
+    """torch.save of obj's tensors as CPU tensors (torch.load then reads the file on a machine without a
+    GPU) to a temporary file, then rename: an interrupted save never leaves a broken file, and the previous
+    one stays until the new one is complete. A failed write (a full disk) is one line."""
     buffer = io.BytesIO()
-    torch.save(obj, buffer)  # in memory first: the size it needs is known when the disk refuses it
+    torch.save(to_cpu(obj), buffer)  # in memory first: the size it needs is known when the disk refuses it
     write_atomic(buffer.getvalue(), path)
 
 
@@ -220,9 +263,14 @@ def load_checkpoint(path, model_name=None):
     return ckpt
 
 
-def resume_from(ckpt, ckpt_path, model, optimizer):
-    """Load a checkpoint's weights and optimizer state into the model; -> the epoch it finished.
-    Settings that keep the weights' shapes may change (they are printed); others cannot."""
+def resume_from(ckpt, ckpt_path, log_path, model, optimizer, scaler, rank=0):
+    """Load a checkpoint's weights, optimizer and loss-scaler state (float16) into the run's own, on their
+    device, and trim log.jsonl to the epochs it holds (rank 0); -> the epoch it finished, 0 for a new run
+    (ckpt None). Settings that keep the weights' shapes may change (they are printed); others cannot."""
+    if rank == 0:
+        trim_log(log_path, ckpt["epoch"] if ckpt else 0)  # the log in step with the checkpoint
+    if ckpt is None:
+        return 0
     new = dataclasses.asdict(model.config)
     changed = ", ".join(f"{k}: {v} -> {new.get(k)}" for k, v in ckpt["config"].items() if new.get(k) != v)
     if {k: v.shape for k, v in model.state_dict().items()} != {k: v.shape for k, v in ckpt["model"].items()}:
@@ -231,7 +279,9 @@ def resume_from(ckpt, ckpt_path, model, optimizer):
     if changed:  # e.g. another --mask-ratio: the same weights, used differently from now on
         print(f"resuming with changed settings: {changed}")
     model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
+    optimizer.load_state_dict(ckpt["optimizer"])  # moves the moments to the parameters' device
+    if scaler.is_enabled() and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
     print(f"resumed from {ckpt_path} after epoch {ckpt['epoch']}")
     return ckpt["epoch"]
 
@@ -248,6 +298,13 @@ def read_log(log_path, up_to_epoch):
 def trim_log(log_path, up_to_epoch):
     """Rewrite the log with the entries of the epochs the checkpoint holds (none for a new run)."""
     write_atomic("".join(json.dumps(e) + "\n" for e in read_log(log_path, up_to_epoch)), log_path)
+
+
+def plain(value):
+    """Tensors and arrays inside value -> lists, so json can write it (analyze.py's analysis.json)."""
+    if isinstance(value, dict):
+        return {key: plain(v) for key, v in value.items()}
+    return value.tolist() if isinstance(value, (torch.Tensor, np.ndarray)) else value
 
 
 def load_run(run_dir, device="cpu"):
@@ -321,6 +378,13 @@ def start_process(device, rank, world_size):
     return device
 
 
+def end_process_group():
+    """Leave torchrun's process group once every process has arrived: rank 0 has written its last checkpoint
+    and the others their last step."""
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def run_main(main, interrupted="interrupted"):
     """Run a script's main(): what the user can fix (RunError, a diverged loss, an unwritable or unreadable
     file) is one line on stderr and exit status 1; Ctrl-C prints `interrupted`. Stack traces are for bugs."""
@@ -341,12 +405,66 @@ def run_main(main, interrupted="interrupted"):
 # what a run says
 
 
+def finetune_hint(argv, out_dir, epochs):
+    """The MAE's last lines: where it shines, fine-tuning, beside the same ViT trained from scratch; two
+    commands to paste, built from the run's own flags (argv; None: sys.argv), each flag once."""
+    words, skip = [], False
+    for word in sys.argv[1:] if argv is None else argv:  # the run's own flags, less those the two commands set
+        name = word.split("=")[0]
+        if skip or name in ("--resume", "--overwrite"):
+            skip = False
+            continue
+        if name in ("--eval", "--epochs", "--out-dir"):
+            skip = "=" not in word  # its value is the next word
+            continue
+        words.append(word)
+    command = "python train.py " + shlex.join(words)
+    return (f"MAE features are made to be fine-tuned; the pretrained encoder, then the same ViT from scratch:\n"
+            f"  {command} --epochs {epochs} --out-dir {shlex.quote(out_dir)} --resume --eval finetune\n"
+            f"  {command} --epochs 0 --out-dir {shlex.quote(out_dir + '-scratch')} --eval finetune")
+
+
 def format_seconds(s):
     return f"{s / 60:.1f}m" if s >= 90 else f"{s:.0f}s"
 
 
-def show_progress(label, step, steps, loss, lr, images, t0):
-    """A line during a long epoch: the step, the loss, the learning rate and how long the epoch has left."""
+def describe_run(epochs, n_images, batch_size, device, world_size, dtype, compiled, lr, recipe, weight_decay):
+    """The run's first lines: how much it sees, where and in which precision, and the recipe."""
+    where = (f"the CPU (threads: {torch.get_num_threads()})" if device == "cpu" else device) + (
+        f" in each of {world_size} processes" if world_size > 1 else "")
+    warmup = f"after {recipe['warmup'] * epochs:g} epochs of warm-up" if recipe["warmup"] else "from the start"
+    return (f"run: {epochs} epochs x {n_images} images = {epochs * n_images} images seen, batch {batch_size}, on "
+            f"{where}, in {dtype}{', compiled' if compiled else ''}\n"
+            f"recipe: AdamW, lr {lr:g} {warmup}, then a cosine to 0; betas {recipe['betas']}, weight decay "
+            f"{weight_decay:g}")
+
+
+def check_finite(loss, epoch):
+    """The loss read back (a float), or a one-line stop where it became NaN or inf: the run ends before
+    the next checkpoint, so ckpt.pt keeps the last good epoch."""
+    if not math.isfinite(loss):
+        kept = f"ckpt.pt keeps epoch {epoch}" if epoch > 0 else "nothing was saved"
+        raise FloatingPointError(f"loss became {loss} in epoch {epoch + 1}; {kept}. Try a lower --lr.")
+    return loss
+
+
+def print_results(results, out_dir, device):
+    """The run's last lines: every number of results.json that is not a probe's, the warning of a run that
+    learned nothing, the GPU memory it needed at most, and the files written."""
+    print("results: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items() if isinstance(v, float) and
+                                  not k.endswith("_acc")))
+    if dead_run_warning(results):
+        print(dead_run_warning(results))
+    if torch.device(device).type == "cuda":
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f} GiB")
+    finetuned = ", finetune.pt" if os.path.exists(os.path.join(out_dir, "finetune.pt")) else ""
+    print(f"wrote {out_dir}/ckpt.pt, log.jsonl, results.json{finetuned}")
+
+
+def show_progress(label, step, steps, loss, lr, images, t0, epoch=0):
+    """A line during a long epoch: the step, the loss (a NaN stops the run: check_finite), the learning rate
+    and how long the epoch has left."""
+    check_finite(loss, epoch)
     rate = images / (time.time() - t0)
     print(f"  {label} step {step}/{steps} | loss {loss:.4f} | lr {lr:.2e} | {rate:.0f} img/s "
           f"| epoch eta {format_seconds((steps - step) * images / step / rate)}", flush=True)
@@ -357,8 +475,9 @@ ROW_NAMES = {"pixels_": "raw pixels", "init_": "untrained encoder", "": "trained
              "tokens_": "trained patch tokens"}
 
 
-def probe_table(results, sizes, vector):
+def probe_table(results, sizes, model_name, config):
     """The probes as a table a student reads at a glance, and a verdict line per probe on the trained row."""
+    vector = feature_name(model_name, config)
     lines = [f"{'test accuracy of a probe on':<42} {'linear':>7} {'k-NN':>7}"]
     for prefix, name in ROW_NAMES.items():
         if prefix in sizes:

@@ -125,3 +125,41 @@ MNIST_DEV = os.environ.get("NANOAE_MNIST_DEV", os.path.join(
 needs_mnist_dev = pytest.mark.skipif(
     not os.path.exists(os.path.join(MNIST_DEV, "MNIST", "raw", "train-images-idx3-ubyte")),
     reason=f"real MNIST digits absent ({MNIST_DEV})")
+
+
+# -----------------------------------------------------------------------------
+# every tensor on the run's device
+
+PROJECT_FILES = {os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), name) for name in (
+    "ae.py", "dae.py", "vae.py", "mcae.py", "mae.py", "metrics.py", "data.py", "runs.py", "train.py", "analyze.py",
+    "figures.py")}
+FACTORIES = {"rand", "randn", "randint", "randperm", "linspace", "logspace", "arange", "zeros", "ones", "full",
+             "empty", "eye", "tensor"}
+
+
+class FactoryWatch(torch.overrides.TorchFunctionMode):
+    """Records every tensor factory (torch.rand, torch.zeros, torch.linspace, ...) that nanoAE's own files call
+    without a device: on a GPU run such a tensor lands on the CPU, and mixing it with the run's tensors fails.
+    Factories inside a module's __init__ are left alone (parameters and buffers move with .to(device)); a
+    tensor meant for the CPU says device="cpu". `found`: 'file:line function()' of each."""
+
+    def __init__(self):
+        super().__init__()
+        self.found = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", None) in FACTORIES and kwargs.get("device") is None:
+            caller = sys._getframe(1)
+            if caller.f_code.co_filename in PROJECT_FILES and not self.in_module_init(caller):
+                self.found.add(f"{os.path.basename(caller.f_code.co_filename)}:{caller.f_lineno} "
+                               f"torch.{func.__name__}()")
+        return func(*args, **kwargs)
+
+    @staticmethod
+    def in_module_init(frame):
+        while frame is not None:
+            if frame.f_code.co_name == "__init__" and isinstance(frame.f_locals.get("self"), torch.nn.Module):
+                return True
+            frame = frame.f_back
+        return False

@@ -15,11 +15,12 @@ import torch
 import torch.nn as nn
 
 import analyze
+import data
 import figures
 import metrics
 import train
 from ae import AE, AEConfig
-from conftest import tiny_datasets
+from conftest import FactoryWatch, tiny_datasets
 from mae import MAE, MAEConfig
 from mcae import MCAE, MCAEConfig
 
@@ -38,8 +39,9 @@ RUNS = {
     "mae": ("fashion-mnist", ["--model", "mae", "--embed-dim", "32", "--depth", "1", "--num-heads", "2",
                               "--decoder-embed-dim", "16", "--decoder-depth", "1"]),
     "dae-cifar": ("cifar10", ["--model", "dae", *CONV]),
+    "ae-linear": ("fashion-mnist", ["--model", "ae", "--arch", "linear", "--latent-dim", "8"]),
 }
-EVERY_RUN = ["reconstructions", "tsne", "weights"]
+EVERY_RUN = ["reconstructions", "tsne", "pca", "weights"]
 EXPECTED = {  # per-run figures that apply (and, for models with a decoder, interpolation and arithmetic)
     "ae": EVERY_RUN + ["saliency"],
     "dae": EVERY_RUN + ["saliency"],
@@ -50,8 +52,11 @@ EXPECTED = {  # per-run figures that apply (and, for models with a decoder, inte
     "mcae-block": EVERY_RUN + ["saliency", "error_heatmaps"],
     "mae": EVERY_RUN + ["attention", "error_heatmaps"],
     "dae-cifar": EVERY_RUN + ["saliency"],
+    "ae-linear": EVERY_RUN + ["saliency"],
 }
-COMPARISON = ["psnr_per_epoch", "loss_per_epoch", "psnr_vs_noise", "mask_ratios", "vae_vs_ae", "three_levels"]
+FACTORIES_WITHOUT_DEVICE = set()  # what FactoryWatch saw while the `analysed` runs were made and analysed
+COMPARISON = ["psnr_per_epoch", "loss_per_epoch", "psnr_vs_noise", "mask_ratios", "vae_vs_ae", "three_levels",
+              "cnn_vs_vit_masking", "linear_ae_vs_pca", "when_mae_fails"]
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +64,23 @@ def analysed(tmp_path_factory):
     """Train every run of RUNS for two epochs on tiny data, then analyse them all at once (report.md and
     the figures comparing runs go to the default --out: the runs' parent directory)."""
     root = tmp_path_factory.mktemp("analyze")
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, FactoryWatch() as factories:
         data_dir = tiny_datasets(root / "data", mp)
         for name, (dataset, flags) in RUNS.items():
             train.main(["--dataset", dataset, "--data-dir", data_dir, "--out-dir", str(root / "runs" / name),
-                        "--device", "cpu", "--batch-size", "32", "--epochs", "2", "--eval", "linear", *flags])
+                        "--device", "cpu", "--batch-size", "32", "--epochs", "2", "--eval", "linear,finetune",
+                        "--finetune-epochs", "1", *flags])
         runs, analyses, figures = analyze.main([str(root / "runs" / name) for name in RUNS]
                                                + ["--device", "cpu", "--tsne-per-class", "5", "--tsne-iters", "300"])
+    FACTORIES_WITHOUT_DEVICE.update(factories.found)
     return root, {run.name: run for run in runs}, {a["name"]: a for a in analyses}, figures
+
+
+def test_every_tensor_is_made_on_the_runs_device(analysed):
+    """Every tensor factory that train.py, the models and analyze.py call while training, evaluating,
+    probing, fine-tuning and drawing every figure names its device (FactoryWatch): on a GPU run a tensor
+    made without one lands on the CPU beside the run's tensors."""
+    assert FACTORIES_WITHOUT_DEVICE == set()
 
 
 def assert_real_image(path):
@@ -261,8 +275,8 @@ def test_report_compares_masked_filling_with_the_plain_ae(analysed):
 
 def test_images_are_picked_one_class_after_another():
     labels = torch.tensor([3, 1, 1, 0, 3, 2, 0, 2])
-    assert analyze.class_indices(labels, 6).tolist() == [3, 1, 5, 0, 6, 2]
-    assert analyze.balanced_indices(labels, 1).tolist() == [3, 1, 5, 0]
+    assert data.class_indices(labels, 6).tolist() == [3, 1, 5, 0, 6, 2]
+    assert data.balanced_indices(labels, 1).tolist() == [3, 1, 5, 0]
 
 
 # -----------------------------------------------------------------------------
@@ -358,7 +372,7 @@ def test_worked_example_is_psnr_and_ssim_of_the_first_image(analysed):
     for name in ("ae", "dae-cifar"):
         run, example = runs[name], analyses[name]["worked_example"]
         torch.manual_seed(0)
-        x = analyze.test_images(run, 1)
+        x = analyze.test_images(run.data, 1)
         recon = run.model(x)[1]["recon"]
         assert example["mse"] == pytest.approx((recon - x).pow(2).mean().item(), rel=1e-5)
         assert example["psnr"] == pytest.approx(10 * math.log10(1 / example["mse"]))
@@ -383,7 +397,7 @@ def test_attention_on_the_whole_image_is_the_models_own_map():
 
 
 def test_heatmaps_take_their_colours_from_the_scale_given():
-    """The attention figure's log scale: an even share (1) sits 4/9 of the way up from 1/16 to 32, and a
+    """A log colour scale: an even share (1) sits 4/9 of the way up from 1/16 to 32, and a
     hidden patch (0) or anything past either end gets that end's colour; the default scale is 0 .. 1."""
     def colours(values, *scale):
         return figures.heat_images(torch.tensor([[values]]), *scale)[0, :, 0].T  # (values, 3)
@@ -414,11 +428,36 @@ def test_a_run_on_your_own_image_folder_is_analysed(tmp_path):
         assert matplotlib.image.imread(run_dir / "figures" / f"{name}.png").shape[0] > 100
 
 
-def test_best_psnr_per_latent_takes_the_best_l1_of_each_size():
-    def run(kind, latent, l1, psnr, noise=None, arch="mlp"):
-        config = {"arch": arch, "latent_dim": latent, "l1": l1, **({"noise_std": noise} if noise else {})}
-        return {"kind": kind, "dataset": "mnist", "config": config, "results": {"psnr": psnr}}
+def test_mlp_sweeps_give_the_best_l1_of_each_size_and_table_1():
+    def run(kind, latent, l1, psnr, noise=None, arch="mlp", hidden=(512, 256), dataset="mnist"):
+        config = {"arch": arch, "latent_dim": latent, "l1": l1, "hidden": hidden,
+                  **({"noise_std": noise} if noise else {})}
+        log = [{"epoch": e + 1, "psnr": psnr - 2 + e} for e in range(3)]
+        return {"kind": kind, "dataset": dataset, "name": f"{kind}-{latent}-{l1}-{psnr}", "config": config,
+                "results": {"psnr": psnr}, "log": log}
     analyses = [run("dae", 32, 0.0, 20.0, 0.1), run("dae", 32, 1e-4, 21.0, 0.1), run("dae", 64, 0.0, 22.5, 0.1),
-                run("dae", 64, 1e-4, 22.0, 0.1), run("ae", 32, 0.0, 25.0), run("dae", 32, 0.0, 30.0, 0.1, "conv")]
-    best = figures.best_psnr_per_latent(analyses)
-    assert best == {"mnist, noise std 0.1": {32: (21.0, 1e-4), 64: (22.5, 0.0)}, "mnist, noise std 0": {32: (25.0, 0.0)}}
+                run("dae", 64, 1e-4, 22.0, 0.1), run("ae", 32, 0.0, 25.0), run("dae", 32, 0.0, 30.0, 0.1, "conv"),
+                run("dae", 32, 0.0, 19.0, 0.1, hidden=(656, 512, 256, 128))]
+    sweeps = figures.mlp_sweeps(analyses)
+    assert set(sweeps) == {"mnist, 784-512-256-z, noise std 0.1", "mnist, 784-512-256-z, noise std 0",
+                           "mnist, 784-656-512-256-128-z, noise std 0.1"}  # the conv run is no MLP
+    assert [a["config"]["l1"] for a in sweeps["mnist, 784-512-256-z, noise std 0.1"][32]] == [0.0, 1e-4]
+    # table 1: the best and the worst MLP run of the dataset, the conv run left out
+    table = "\n".join(figures.sweep_section(analyses))
+    best, worst = [line for line in table.splitlines() if "| best |" in line or "| worst |" in line]
+    assert "| 25.00 |" in best and "| 19.00 | 784-656-512-256-128-z | 32 |" in worst
+
+
+def test_a_sweep_shows_its_best_and_worst_runs_per_epoch(tmp_path, monkeypatch):
+    """More than eight runs in a panel (a sweep): the loss figure keeps the best and the worst (the MLP
+    report's figure 3), and an AE's L1 terms get no VAE panel."""
+    analyses = [{"kind": "dae", "name": f"run{i}", "dataset": "mnist", "config": {"l1": 1e-4}, "results": {"psnr": 20.0 + i},
+                 "log": [{"epoch": 1, "train_loss": 0.1, "test_loss": 0.1, "recon_loss": 0.1, "test_recon_loss": 0.1}]}
+                for i in range(10)]
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda fig, path, title: drawn.append(
+        [(ax.get_title(), [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")])
+         for ax in fig.axes if ax.get_lines()]))
+    figures.plot_loss_per_epoch(analyses, str(tmp_path / "loss.png"))
+    (title, labels), = drawn[0]
+    assert "the best and the worst of 10 runs" in title and labels == ["run9", "run0"]

@@ -106,7 +106,7 @@ def test_runtime_errors_are_one_line_without_a_trace(data_dir, tmp_path):
 
 def test_nan_in_the_first_epoch_says_nothing_was_saved(data_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(AE, "reconstruction_loss", lambda self, recon, x, mask: recon.sum() * float("nan"))
-    with pytest.raises(FloatingPointError, match="at step 1 of epoch 1; nothing was saved"):
+    with pytest.raises(FloatingPointError, match="in epoch 1; nothing was saved"):
         run(data_dir, tmp_path / "nan", *TINY, "--epochs", "2")
     assert not (tmp_path / "nan" / "ckpt.pt").exists()
 
@@ -190,7 +190,7 @@ def test_a_dead_run_is_named_by_train_and_analyze(data_dir, tmp_path, monkeypatc
     """A decoder that gives the same picture for every input (as a conv AE whose sigmoid saturated)."""
     import analyze
     from ae import ConvDecoder
-    assert train.dead_run_warning({"recon_spread": 0.1, "psnr": 20.0}) is None
+    assert runs.dead_run_warning({"recon_spread": 0.1, "psnr": 20.0}) is None
     monkeypatch.setattr(ConvDecoder, "forward", lambda self, z: torch.zeros(len(z), 1, 28, 28) + 0 * z.sum())
     run(data_dir, tmp_path / "dead", *TINY, "--epochs", "1")
     printed = capsys.readouterr().out

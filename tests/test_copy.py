@@ -74,6 +74,29 @@ PIECES = {
         loss.backward()
         print(tuple(model.encode(torch.rand(2, 1, 28, 28)).shape), tuple(out["recon"].shape))
         """, "(2, 32) (4, 1, 28, 28)"),
+    "the paper's MAE": ("mae.py", ["MaskedAutoencoderViT", "MAEConfig"], """
+        torch.manual_seed(0)
+        model = MaskedAutoencoderViT(MAEConfig(embed_dim=32, depth=1, decoder_depth=1, mask_ratio=0.75))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        x = torch.rand(8, 1, 28, 28)
+        losses = []
+        for step in range(20):
+            torch.manual_seed(1)  # the same masks: one problem to fit
+            loss, pred, mask = model(x)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        print(tuple(pred.shape), int(mask.sum()), losses[-1] < losses[0])
+        """, "(8, 49, 16) 296 True"),
+    "mask tokens and the masked loss": ("mae.py", ["random_masking", "add_mask_tokens", "masked_mse"], """
+        x = torch.rand(2, 6, 4)
+        visible, mask, ids_restore = random_masking(x, 0.5)
+        back = add_mask_tokens(visible, torch.full((1, 1, 4), -1.0), ids_restore)
+        kept = mask == 0
+        print(bool(torch.equal(back[kept], x[kept])), bool((back[~kept] == -1).all()),
+              float(masked_mse(back, x, 1 - mask)))
+        """, "True True 0.0"),
     "the attention block": ("mae.py", ["Attention"], """
         print(tuple(Attention(16, 4)(torch.rand(2, 5, 16)).shape))
         """, "(2, 5, 16)"),
@@ -120,8 +143,10 @@ def test_the_textbook_tsne_is_a_page():
 
 
 # each piece a student copies, by file: its docstring says which definitions of its own file come with it
-COPIED = {"mae.py": ["patchify", "random_masking", "Attention", "MAE"], "vae.py": ["vae_loss"],
-          "metrics.py": ["psnr", "ssim", "linear_probe", "knn_accuracy", "tsne", "jacobian_energy"]}
+COPIED = {"mae.py": ["patchify", "unpatchify", "sincos_pos_embed_2d", "random_masking", "add_mask_tokens",
+                     "masked_mse", "Attention", "drop_branch", "Block", "MaskedAutoencoderViT", "MAE"],
+          "vae.py": ["vae_loss"],
+          "metrics.py": ["psnr", "ssim", "linear_probe", "knn_accuracy", "tsne", "jacobian_energy", "pca"]}
 
 
 @pytest.mark.parametrize("filename,name", [(f, n) for f, names in COPIED.items() for n in names])

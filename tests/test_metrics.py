@@ -374,3 +374,18 @@ def test_knn_accuracy_with_fewer_training_points_than_k():
     train_x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
     train_y, test_y = torch.tensor([0, 0, 1]), torch.tensor([0, 1])
     assert metrics.knn_accuracy(train_x, train_y, torch.tensor([[1.0, 0.05], [0.05, 1.0]]), test_y, k=20) == 1.0
+
+
+def test_pca_matches_sklearn():
+    """The same subspace, variance order and reconstruction as scikit-learn's PCA on real 8x8 digits (its
+    components up to sign; ours fix each sign by the largest loading)."""
+    from sklearn.decomposition import PCA
+    x = load_digits().data.astype(np.float64) / 16                       # (1797, 64)
+    mean, components = metrics.pca(torch.from_numpy(x), 10)
+    reference = PCA(n_components=10, svd_solver="full").fit(x)
+    assert np.allclose(mean.numpy(), reference.mean_)
+    cosines = np.abs(np.sum(components.numpy().T * reference.components_, axis=1))  # |<ours_i, theirs_i>|
+    assert np.allclose(cosines, 1, atol=1e-6)
+    ours = ((torch.from_numpy(x) - mean) @ components @ components.T + mean).numpy()
+    assert np.allclose(ours, reference.inverse_transform(reference.transform(x)), atol=1e-8)
+    assert torch.all(components.abs().argmax(0) == components.argmax(0))  # the largest loading is positive

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import analyze
+import runs
 import train
 from data import RunError
 from ae import AE, AEConfig
@@ -21,12 +22,6 @@ def run(data_dir, out_dir, *flags):
                 *flags])
     with open(os.path.join(out_dir, "results.json")) as f:
         return json.load(f)
-
-
-def test_autocast_is_float32_on_the_cpu():
-    a = torch.randn(4, 4)
-    with train.autocast("cpu"):
-        assert (a @ a).dtype == torch.float32
 
 
 def test_missing_dataset_is_one_clear_line(tmp_path):
@@ -57,7 +52,7 @@ def test_unknown_eval_protocol_is_refused(capsys):
 # models
 
 
-@pytest.mark.parametrize("arch", ["mlp", "conv"])
+@pytest.mark.parametrize("arch", ["mlp", "conv", "linear"])
 @pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
 def test_ae_shapes_and_contract(arch, channels, size):
     model = AE(AEConfig(in_channels=channels, image_size=size, arch=arch))
@@ -67,7 +62,7 @@ def test_ae_shapes_and_contract(arch, channels, size):
     assert 0 <= out["recon"].min() and out["recon"].max() <= 1
     z = model.encode(x)
     assert z.shape == (5, int(torch.tensor(model.latent_shape).prod()))
-    assert torch.allclose(model.decode(z), out["recon"], atol=1e-6)
+    assert torch.allclose(model.decode(z).clamp(0, 1), out["recon"], atol=1e-6)
 
 
 def test_seed_latent_shapes_are_expressible():
@@ -86,7 +81,7 @@ def test_untrained_decoder_starts_at_the_mean_image(model_name, arch):
     sigmoid(0) = 0.5, so the first steps need not drag every pixel down at once."""
     torch.manual_seed(0)
     mean_image = 0.3 * torch.rand(1, 28, 28)  # a dark dataset, as MNIST (mean 0.13)
-    model_cls, config_cls = train.MODELS[model_name]
+    model_cls, config_cls = runs.MODELS[model_name]
     model = model_cls(config_cls(arch=arch))
     x = torch.rand(64, 1, 28, 28)
     gap_before = abs(model(x)[1]["recon"].mean().item() - mean_image.mean().item())  # ~0.35: sigmoid(~0)
@@ -98,6 +93,30 @@ def test_untrained_decoder_starts_at_the_mean_image(model_name, arch):
         assert (recon.mean(0) - mean_image).abs().mean().item() < 0.05
 
 
+def test_a_linear_ae_is_two_linear_maps():
+    """The masking tutorial's linear AE, PCA's equal: one Linear each way, nothing between them, and a
+    decoder that starts at the mean image itself (no sigmoid to invert)."""
+    model = AE(AEConfig(arch="linear", latent_dim=16))
+    assert [type(m).__name__ for m in model.modules() if not isinstance(m, (torch.nn.Sequential, AE))] == [
+        "Flatten", "Linear", "Linear", "Unflatten"]
+    mean_image = torch.rand(1, 28, 28)
+    model.init_output_bias(mean_image)
+    with torch.no_grad():
+        model.decoder[0].weight.zero_()
+    assert torch.allclose(model.decode(torch.randn(3, 16)), mean_image.expand(3, 1, 28, 28))
+
+
+@pytest.mark.parametrize("l1", ["0", "1e-4"])
+def test_results_l1_is_the_mean_absolute_error_of_the_reconstruction(data_dir, tmp_path, l1):
+    """results.json's l1 is |reconstruction - image| per pixel, which lies between the MSE and its square
+    root for pixels in [0, 1], whether or not --l1 adds a penalty on the code (logged as l1_penalty)."""
+    results = run(data_dir, tmp_path / "r", "--model", "dae", "--arch", "mlp", "--dataset", "mnist", "--epochs", "1",
+                  "--eval", "", "--l1", l1)
+    assert results["mse"] <= results["l1"] <= results["mse"] ** 0.5
+    log = json.loads(open(tmp_path / "r" / "log.jsonl").readline())
+    assert ("l1_penalty" in log and "test_l1_penalty" in log) == (l1 != "0")
+
+
 def test_l1_penalty_adds_to_the_loss():
     x = torch.rand(4, 1, 28, 28)
     torch.manual_seed(0)
@@ -106,7 +125,7 @@ def test_l1_penalty_adds_to_the_loss():
     sparse.load_state_dict(plain.state_dict())
     loss_plain, out_plain = plain(x)
     loss_sparse, out = sparse(x)
-    assert torch.allclose(loss_sparse, loss_plain + 0.5 * out["l1"])
+    assert torch.allclose(loss_sparse, loss_plain + 0.5 * out["l1_penalty"])
     assert torch.allclose(out["recon_loss"], loss_plain)
     assert not any(v.ndim == 0 for v in out_plain.values())  # one term: nothing more to log
 
@@ -176,7 +195,7 @@ def test_resume_gives_the_same_weights(data_dir, tmp_path, monkeypatch):
     run(data_dir, tmp_path / "straight", *flags)
 
     saves = []
-    real_save = train.save_atomic  # train.py's own name for runs.save_atomic
+    real_save = runs.save_atomic
 
     def crash_after_first_epoch(obj, path):
         real_save(obj, path)
@@ -184,10 +203,10 @@ def test_resume_gives_the_same_weights(data_dir, tmp_path, monkeypatch):
         if len(saves) == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "save_atomic", crash_after_first_epoch)
+    monkeypatch.setattr(runs, "save_atomic", crash_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         run(data_dir, tmp_path / "interrupted", *flags)
-    monkeypatch.setattr(train, "save_atomic", real_save)
+    monkeypatch.setattr(runs, "save_atomic", real_save)
     run(data_dir, tmp_path / "interrupted", *flags, "--resume")
 
     a = torch.load(tmp_path / "straight" / "ckpt.pt", weights_only=True)
@@ -217,7 +236,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, m
     run(data_dir, out, "--model", "ae", "--dataset", "mnist", "--epochs", "1", "--eval", "")
     good = torch.load(out / "ckpt.pt", weights_only=True)
     monkeypatch.setattr(AE, "reconstruction_loss", lambda self, recon, x, mask: recon.sum() * float("nan"))
-    with pytest.raises(FloatingPointError, match="of epoch 2; ckpt.pt keeps epoch 1"):
+    with pytest.raises(FloatingPointError, match="in epoch 2; ckpt.pt keeps epoch 1"):
         run(data_dir, out, "--model", "ae", "--dataset", "mnist", "--epochs", "2", "--eval", "", "--resume")
     kept = torch.load(out / "ckpt.pt", weights_only=True)
     assert kept["epoch"] == 1
@@ -248,7 +267,7 @@ def test_every_flag_says_what_it_does():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train.argparse.ArgumentParser, "parse_args", capture)
         train.parse_args(["--model", "ae", "--dataset", "mnist"])
-    assert 20 < len(parser_flags) <= 41
+    assert 20 < len(parser_flags) <= 43
     for action in parser_flags:
         words = (action.help or "").split("(default")[0].strip()
         assert len(words) >= 8, f"{action.option_strings[0]} has no description: {action.help!r}"
@@ -261,6 +280,7 @@ def test_every_flag_says_what_it_does():
     (["--model", "dae", "--patch-size", "7"], "--patch-size is for --model mae, not dae"),
     (["--model", "ae", "--mask-ratio", "0.5"], "--mask-ratio is for --model mcae or mae, not ae"),
     (["--model", "ae", "--norm-pix-loss"], "--norm-pix-loss is for --model mae, not ae"),
+    (["--model", "dae", "--no-norm-pix-loss"], "--no-norm-pix-loss is for --model mae, not dae"),
 ])
 def test_a_flag_for_another_model_is_refused_in_one_line(tmp_path, capsys, flags, says):
     with pytest.raises(SystemExit) as exit_info:
@@ -313,6 +333,16 @@ def test_resume_keeps_the_settings_it_was_trained_with(data_dir, tmp_path, capsy
     assert results["psnr"] == pytest.approx(trained["psnr"])  # the same evaluation of the same model
 
 
+def test_resume_turns_a_boolean_setting_either_way(data_dir, tmp_path):
+    """--no-norm-pix-loss turns off what the checkpoint was trained with, --norm-pix-loss turns it on."""
+    small = ["--model", "mae", "--dataset", "mnist", "--embed-dim", "32", "--depth", "1", "--epochs", "1"]
+    for first, then, expected in (["--norm-pix-loss"], ["--no-norm-pix-loss"], False), ([], ["--norm-pix-loss"], True):
+        out = tmp_path / str(expected)
+        run(data_dir, out, *small, *first, "--eval", "")
+        run(data_dir, out, *small, *then, "--resume", "--eval", "finetune", "--finetune-epochs", "1")
+        assert torch.load(out / "finetune.pt", weights_only=True)["config"]["norm_pix_loss"] is expected
+
+
 # -----------------------------------------------------------------------------
 # the learning rate, the fine-tuning hint, a full disk
 
@@ -334,7 +364,7 @@ def test_the_warm_up_is_a_tenth_of_the_run_and_the_lr_is_logged(data_dir, tmp_pa
 def test_the_fine_tuning_hint_gives_each_flag_once(data_dir, tmp_path):
     argv = ["--model", "mae", "--dataset", "mnist", "--epochs", "3", "--eval=linear", "--out-dir", "out/x",
             "--overwrite", "--data-dir", "my data"]
-    pretrained, scratch = train.finetune_hint(argv, "out/x", 3).splitlines()[1:]
+    pretrained, scratch = runs.finetune_hint(argv, "out/x", 3).splitlines()[1:]
     for command, epochs, out_dir in ((pretrained, "3", "out/x"), (scratch, "0", "out/x-scratch")):
         words = command.split()
         flags = [w for w in words if w.startswith("--")]
@@ -348,7 +378,6 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(
     import builtins
     import errno
 
-    import runs
     out = tmp_path / "out"
     flags = ["--model", "dae", "--dataset", "mnist", "--epochs", "3", "--eval", ""]
     real_open, writes = builtins.open, []
