@@ -38,7 +38,7 @@ MODELS = {"ae": (AE, AEConfig), "dae": (DAE, DAEConfig), "vae": (VAE, VAEConfig)
           "mcae": (MCAE, MCAEConfig), "mae": (MAE, MAEConfig)}
 
 # -----------------------------------------------------------------------------
-# the command line
+# the command line, and the model it asks for
 
 
 class Parser(argparse.ArgumentParser):
@@ -82,21 +82,6 @@ positive = bounded(float, 0, low_open=True)              # learning rates
 non_negative = bounded(float, 0)                         # noise, weight decay, loss weights
 fraction = bounded(float, 0, 1, high_open=True)          # mask ratios
 
-def check_device(parser, device):
-    """A --device torch knows and this machine has, else the parser's one-line error."""
-    try:
-        device = torch.device(device)
-    except RuntimeError:
-        parser.error(f"--device: unknown device {str(device)!r} (use cpu, cuda or cuda:N)")
-    gpus = torch.cuda.device_count()
-    if device.type == "cuda" and (device.index or 0) >= gpus:
-        parser.error(f"--device {device}: torch sees {f'only {gpus} CUDA GPU(s)' if gpus else 'no CUDA GPU'} here "
-                     "(use --device cpu)")
-
-
-# -----------------------------------------------------------------------------
-# a model's config and shape
-
 
 def build_config(model_name, flags, saved=None):
     """The model's config: the dataclass defaults, or the saved config of the checkpoint a run resumes,
@@ -136,9 +121,16 @@ def add_model_flags(group, model_flags):
 
 
 def check_flags(parser, args, model_flags):
-    """Refuse, in one line, a model setting given for a model that does not have it, a --device torch does
-    not know or this machine lacks."""
-    check_device(parser, args.device)
+    """Refuse, in one line, a --device torch does not know or this machine lacks, and a model setting given
+    for a model that does not have it."""
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device: unknown device {args.device!r} (use cpu, cuda or cuda:N)")
+    gpus = torch.cuda.device_count()
+    if device.type == "cuda" and (device.index or 0) >= gpus:
+        parser.error(f"--device {device}: torch sees {f'only {gpus} CUDA GPU(s)' if gpus else 'no CUDA GPU'} here "
+                     "(use --device cpu)")
     for flag, models, keywords in model_flags:
         value = getattr(args, field_of(flag, keywords))
         if value is not None and args.model not in models:
@@ -151,12 +143,9 @@ def check_flags(parser, args, model_flags):
 
 
 def lock_out_dir(out_dir):
-    """An exclusive lock on OUT_DIR/.lock, held while this process lives: -> the open lock file.
-
-    The operating system releases the lock when the process ends, however it ends (kill -9 too), so a
-    crashed run never leaves a stale lock behind. A second run on the same directory finds it held and
-    stops, naming the live run, before it reads data or touches a file.
-    """
+    """An exclusive lock on OUT_DIR/.lock, held while this process lives: -> the open lock file. The system
+    releases it when the process ends, however it ends (kill -9 too): no stale lock. A second run on the
+    directory finds it held and stops, naming the live run, before it reads data or touches a file."""
     import fcntl  # POSIX; elsewhere (Windows) runs are not locked
     os.makedirs(out_dir, exist_ok=True)
     lock = open(os.path.join(out_dir, ".lock"), "a+")
@@ -263,10 +252,10 @@ def load_checkpoint(path, model_name=None):
     return ckpt
 
 
-def resume_from(ckpt, ckpt_path, log_path, model, optimizer, scaler, rank=0):
-    """Load a checkpoint's weights, optimizer and loss-scaler state (float16) into the run's own, on their
-    device, and trim log.jsonl to the epochs it holds (rank 0); -> the epoch it finished, 0 for a new run
-    (ckpt None). Settings that keep the weights' shapes may change (they are printed); others cannot."""
+def start_from(ckpt, ckpt_path, log_path, model, optimizer, scaler, rank=0):
+    """Where a run starts: a new run (ckpt None) at epoch 0, its log.jsonl empty; a resumed one from the
+    checkpoint's weights, optimizer and loss-scaler state, its log trimmed to the epochs it holds (rank 0
+    writes). -> the epoch to start from. Settings that keep the weights' shapes may change; others cannot."""
     if rank == 0:
         trim_log(log_path, ckpt["epoch"] if ckpt else 0)  # the log in step with the checkpoint
     if ckpt is None:
@@ -425,7 +414,7 @@ def finetune_hint(argv, out_dir, epochs):
 
 
 def format_seconds(s):
-    return f"{s / 60:.1f}m" if s >= 90 else f"{s:.0f}s"
+    return f"{s / 60:.1f}m" if s >= 90 else f"{s:.0f}s"  # 45s, 2.5m
 
 
 def describe_run(epochs, n_images, batch_size, device, world_size, dtype, compiled, lr, recipe, weight_decay):
@@ -449,8 +438,8 @@ def check_finite(loss, epoch):
 
 
 def print_results(results, out_dir, device):
-    """The run's last lines: every number of results.json that is not a probe's, the warning of a run that
-    learned nothing, the GPU memory it needed at most, and the files written."""
+    """The run's last lines: results.json's numbers (the probes' are in their table), the warning of a run
+    that learned nothing, the GPU memory it needed at most, the files written."""
     print("results: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items() if isinstance(v, float) and
                                   not k.endswith("_acc")))
     if dead_run_warning(results):
@@ -462,8 +451,7 @@ def print_results(results, out_dir, device):
 
 
 def show_progress(label, step, steps, loss, lr, images, t0, epoch=0):
-    """A line during a long epoch: the step, the loss (a NaN stops the run: check_finite), the learning rate
-    and how long the epoch has left."""
+    """A line during a long epoch: step, loss (a NaN stops the run: check_finite), lr, how long it has left."""
     check_finite(loss, epoch)
     rate = images / (time.time() - t0)
     print(f"  {label} step {step}/{steps} | loss {loss:.4f} | lr {lr:.2e} | {rate:.0f} img/s "

@@ -407,7 +407,7 @@ def main(argv=None):
         weight_decay = recipe["weight_decay"] if args.weight_decay is None else args.weight_decay
         optimizer = adamw(model.parameters(), args.lr, recipe["betas"], weight_decay, device)
         scaler = grad_scaler(device, dtype)
-        start_epoch = runs.resume_from(ckpt, ckpt_path, log_path, model, optimizer, scaler, rank)
+        start_epoch = runs.start_from(ckpt, ckpt_path, log_path, model, optimizer, scaler, rank)
         if args.epochs is None:  # a resumed run keeps its length
             args.epochs = ckpt["args"]["epochs"] if ckpt else run_length(n)
         steps_per_epoch, total_steps = math.ceil(n / batch_size), args.epochs * math.ceil(n / batch_size)
@@ -420,6 +420,7 @@ def main(argv=None):
                               "config": dataclasses.asdict(config), "args": vars(args)}, ckpt_path)
 
         # pretraining; under torchrun DDP averages all processes' gradients: the same step keeps the weights equal
+        results = None  # the last epoch's evaluation
         net = torch.compile(model) if args.compile else model
         if world_size > 1:  # the positional buffers are fixed: nothing to broadcast every step
             net = DDP(net, device_ids=[torch.device(device).index] if device.startswith("cuda") else None,
@@ -463,7 +464,7 @@ def main(argv=None):
                 return
 
         # evaluation: reconstruction (the last epoch's, or the checkpoint's where no epoch ran), then the probes
-        if start_epoch == args.epochs:
+        if results is None:  # no epoch ran here (--epochs 0, or a finished run resumed)
             results = evaluate(model, data.test_x, feature_batch_size(device, batch_size), args.seed, device, dtype)
         protocols = [p for p in args.eval.split(",") if p]
         if {"linear", "knn"} & set(protocols):
