@@ -28,7 +28,6 @@ from mcae import random_mask
 from runs import Parser, dead_run_warning, feature_name, load_runs, plain, positive_int, run_main
 
 N_MEASURE = 1000                              # test images behind the PSNR sweeps (fewer if the test set is)
-N_IMAGES = 8                                  # test images per image figure
 DEFAULT_NOISE_STD = 0.316                     # the DAE's default noise: variance 0.1
 # class-mean latent arithmetic a - b + c, by class name: the CIFAR-10 assignment's dog - cat + bird, and
 # one triple in the same spirit for the other datasets (what b lacks and a has, added to c)
@@ -360,10 +359,10 @@ def three_levels(runs, analyses, path):
         torch.manual_seed(0)
         _, out = run.model(shown_images(run.data)[0])
         hidden = "nothing hidden" if level == "identity" else f"{config['mask_ratio']:.0%} hidden in {level}s" + (
-            f"\nof {config['block_size']}x{config['block_size']}" if level == "block" else "")
+            f"\nof {config['block_size']}x{config['block_size']}" if level == "block" else "") + " (blue)"
         score = figures.fmt(results.get("psnr" if level == "identity" else "psnr_hidden"), 1)
         rows += [list(figures.mark_hidden(out["input"], out["mask"])), list(out["recon"])]
-        labels += [f"{name}: {run.name}\n{hidden}\n(blue)", f"reconstruction\n{'' if level == 'identity' else 'hidden '}"
+        labels += [f"{name}: {run.name}\n{hidden}", f"reconstruction\n{'' if level == 'identity' else 'hidden '}"
                    f"PSNR {score} dB"]
     return figures.grid_figure(rows, path, labels, title="three levels of reconstruction difficulty (MCAE), test PSNR "
                                "over the whole test set")
@@ -373,14 +372,15 @@ def three_levels(runs, analyses, path):
 def cnn_vs_vit_masking(runs, analyses, path, ratios=(0.25, 0.5, 0.75)):
     """an MCAE and an MAE shown the same images with the same patches hidden (C10)
 
-    Does CNN-based masking keep global information as a ViT does? The MCAE trained at the ratio nearest the
-    MAE's gets the MAE's very holes; both keep the visible pixels. Hidden PSNR over N_MEASURE test images."""
+    Does CNN-based masking keep global information as a ViT does? The MCAE trained nearest the MAE's ratio
+    gets the MAE's very holes; both keep the visible pixels. Hidden PSNR over N_MEASURE test images."""
     for vit in (run for run in runs if run.kind == "mae"):
         cnns = [run for run in runs if run.kind == "mcae" and run.config["mask_ratio"] > 0
                 and run.args["dataset"] == vit.args["dataset"]]
         if not cnns:
             continue
-        cnn = min(cnns, key=lambda run: abs(run.config["mask_ratio"] - vit.config["mask_ratio"]))
+        cnn = min(cnns, key=lambda run: (abs(run.config["mask_ratio"] - vit.config["mask_ratio"]),
+                                         run.config["mask_type"] != "block"))  # blocks: the nearest to patches
         x, shown = test_images(vit.data, N_MEASURE), class_indices(vit.data.test_y, 6).to(vit.data.test_x.device)
         rows, labels = [list(x[shown])], ["original"]
         for ratio in ratios:
@@ -413,7 +413,7 @@ def linear_ae_vs_pca(runs, analyses, path, n_fit=10000):
             recons[f"{run.config['arch']} AE: {run.name}"] = in_batches(lambda batch: run.model(batch)[1]["recon"], x)
         decoder = linear.model.decoder[0].weight.double()                                   # (D, k): its span
         overlap = (torch.linalg.svdvals(components.T @ torch.linalg.qr(decoder).Q) ** 2).mean().item()
-        shown = class_indices(linear.data.test_y, N_IMAGES).to(x.device)
+        shown = class_indices(linear.data.test_y, 8).to(x.device)
         return figures.grid_figure([list(x[shown])] + [list(r[shown]) for r in recons.values()], path, ["original"] + [
             f"{name}\nPSNR {metrics.psnr(r, x).mean():.2f} dB" for name, r in recons.items()],
             title=f"{dataset}: a linear AE with a {k}-d code against PCA with {k} components; the overlap of "

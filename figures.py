@@ -193,7 +193,7 @@ def draw_per_epoch(groups, title, path):
 
 
 def plot_psnr_per_epoch(analyses, path):
-    """test PSNR per epoch, a panel per dataset, masked models on hidden pixels (C10, MLP fig. 2)"""
+    """test PSNR per epoch, a panel per dataset, masked models on hidden pixels (C10: error against epochs)"""
     groups = {}
     for i, a in enumerate(a for a in analyses if a["log"]):
         panel, key = f"{a['dataset']}: PSNR over the whole image", "psnr"
