@@ -172,7 +172,7 @@ def read_image_folder(root, image_size, channels):
           + (f", {skipped} unreadable files skipped" if skipped else ""), flush=True)
     if not images:
         raise RunError(f"{root}: none of the {skipped} image files could be read")
-    return torch.stack(images), torch.tensor(labels), folder.classes
+    return torch.stack(images), torch.tensor(labels, device="cpu"), folder.classes
 
 
 def load_folder(data_dir, image_size, channels, seed):
@@ -187,7 +187,7 @@ def load_folder(data_dir, image_size, channels, seed):
     x, y, classes = read_image_folder(data_dir, image_size, channels)
     if len(x) < 2:
         raise RunError(f"{data_dir}: one image cannot be split into training and test images")
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed), device="cpu")
     test, train = perm[:max(1, len(x) // 10)], perm[max(1, len(x) // 10):]
     return x[train], y[train], x[test], y[test], classes
 

@@ -108,13 +108,13 @@ def sincos_pos_embed_2d(embed_dim, grid_size, cls_token=True):
     """
     if embed_dim % 4 != 0:
         raise ValueError(f"2D sin-cos positions need a width divisible by 4, got {embed_dim}")
-    coords = torch.arange(grid_size)
+    coords = torch.arange(grid_size, device="cpu")    # built once: the model's buffer moves with .to(device)
     rows = coords.repeat_interleave(grid_size)         # (L,) 0,0,..,0,1,1,.. patch k is in row k // g
     cols = coords.repeat(grid_size)                    # (L,) 0,1,..,g-1,0,1,.. and column k % g
     emb = torch.cat([sincos_pos_embed_1d(embed_dim // 2, cols),
                      sincos_pos_embed_1d(embed_dim // 2, rows)], dim=1)  # (L, D)
     if cls_token:
-        emb = torch.cat([torch.zeros(1, embed_dim, dtype=emb.dtype), emb], dim=0)  # (1 + L, D)
+        emb = torch.cat([emb.new_zeros(1, embed_dim), emb], dim=0)  # (1 + L, D)
     return emb.float()
 
 

@@ -120,22 +120,22 @@ def add_model_flags(group, model_flags):
         group.add_argument(flag, **{**keywords, "help": f"[{', '.join(models)}] {keywords['help']} (default: {defaults})"})
 
 
-def check_flags(parser, args, model_flags):
+def check_flags(parser, flags, model_flags):
     """Refuse, in one line, a --device torch does not know or this machine lacks, and a model setting given
     for a model that does not have it."""
     try:
-        device = torch.device(args.device)
+        device = torch.device(flags["device"])
     except RuntimeError:
-        parser.error(f"--device: unknown device {args.device!r} (use cpu, cuda or cuda:N)")
+        parser.error(f"--device: unknown device {flags['device']!r} (use cpu, cuda or cuda:N)")
     gpus = torch.cuda.device_count()
     if device.type == "cuda" and (device.index or 0) >= gpus:
         parser.error(f"--device {device}: torch sees {f'only {gpus} CUDA GPU(s)' if gpus else 'no CUDA GPU'} here "
                      "(use --device cpu)")
     for flag, models, keywords in model_flags:
-        value = getattr(args, field_of(flag, keywords))
-        if value is not None and args.model not in models:
+        value = flags[field_of(flag, keywords)]
+        if value is not None and flags["model"] not in models:
             given = "--no-" + flag[2:] if value is False else flag  # --no-norm-pix-loss
-            parser.error(f"{given} is for --model {' or '.join(models)}, not {args.model}")
+            parser.error(f"{given} is for --model {' or '.join(models)}, not {flags['model']}")
 
 
 # -----------------------------------------------------------------------------

@@ -178,7 +178,7 @@ def parse_args(argv=None):
 
     runs.add_model_flags(p.add_argument_group("model settings, each for the models in brackets"), MODEL_FLAGS)
     args = p.parse_args(argv)
-    runs.check_flags(p, args, MODEL_FLAGS)
+    runs.check_flags(p, vars(args), MODEL_FLAGS)
     if args.dataset != "folder" and (args.image_size or args.image_channels):
         p.error(f"--image-size and --channels are for --dataset folder; {args.dataset} has its own size")
     unknown = set(name for name in args.eval.split(",") if name) - {"linear", "knn", "finetune"}
