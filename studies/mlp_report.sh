@@ -39,4 +39,5 @@ for dataset in ${*:-mnist fashion-mnist}; do
     done
 done
 
+ANALYZE_FLAGS="--tsne-per-class 50 --tsne-iters 500"  # 54 runs: a smaller t-SNE of each keeps it to minutes
 analyze "${runs[@]}"

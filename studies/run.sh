@@ -31,12 +31,12 @@ run() {
     python train.py "$@" --data-dir "$DATA" --out-dir "$out"
 }
 
-# analyze RUN_NAMES...: python analyze.py over the study's runs; report.md and the figures comparing
-# them go to $OUT
+# analyze RUN_NAMES...: python analyze.py over the study's runs (and $ANALYZE_FLAGS); report.md and the
+# figures comparing them go to $OUT
 analyze() {
     local dirs=()
     for name in "$@"; do
         dirs+=("$OUT/$name")
     done
-    python analyze.py "${dirs[@]}" --out "$OUT" ${QUICK:+--tsne-per-class 5 --tsne-iters 250}
+    python analyze.py "${dirs[@]}" --out "$OUT" ${ANALYZE_FLAGS:-} ${QUICK:+--tsne-per-class 5 --tsne-iters 250}
 }
